@@ -1,0 +1,83 @@
+"""Shared by the benchmark scripts: machine/version facts and writing a section of docs/benchmarks.md.
+
+Each script owns one section, delimited by HTML comments, and replaces only that section, so scripts can
+be re-run independently. Raw results go to benchmarks/results/<name>.json.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import re
+import subprocess
+from datetime import datetime, timezone
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+DOC = ROOT / "docs" / "benchmarks.md"
+RESULTS = ROOT / "benchmarks" / "results"
+
+HEADER = """# Benchmarks
+
+Every table below is written by a script in `benchmarks/` (named in its section) from a run of the code;
+re-run one with `.venv/bin/python benchmarks/<script>.py`, or all with `make benchmarks`. Each section
+states the machine, versions and date of its run. Tests never assert timings; these tables are where speed,
+memory and quality are measured.
+"""
+
+
+def machine() -> dict:
+    import numpy
+    import torch
+
+    cpu = platform.processor() or platform.machine()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    try:
+        mem_gb = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30
+    except (ValueError, OSError):
+        mem_gb = float("nan")
+    try:
+        commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True,
+                                text=True, timeout=10).stdout.strip()
+    except OSError:
+        commit = ""
+    from napari_cryoden import __version__
+
+    return {
+        "date": datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
+        "cpu": cpu,
+        "cores": os.cpu_count(),
+        "memory_gb": round(mem_gb, 1),
+        "gpu": torch.cuda.get_device_name(0) if torch.cuda.is_available() else "none",
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "numpy": numpy.__version__,
+        "napari_cryoden": __version__,
+        "commit": commit,
+    }
+
+
+def machine_line(info: dict) -> str:
+    return (f"Measured {info['date']} on {info['cpu']} ({info['cores']} cores, {info['memory_gb']} GB RAM, "
+            f"GPU: {info['gpu']}); Python {info['python']}, torch {info['torch']}, numpy {info['numpy']}, "
+            f"napari-cryoden {info['napari_cryoden']} ({info['commit'] or 'uncommitted'}).")
+
+
+def write_section(name: str, title: str, body: str, results: dict) -> None:
+    """Replace (or append) the section ``name`` of docs/benchmarks.md and save the raw results."""
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    (RESULTS / f"{name}.json").write_text(json.dumps(results, indent=2, default=float) + "\n")
+    text = DOC.read_text() if DOC.exists() else HEADER
+    start, end = f"<!-- begin {name} -->", f"<!-- end {name} -->"
+    section = f"{start}\n## {title}\n\n{body.strip()}\n{end}"
+    pattern = re.compile(re.escape(start) + r".*?" + re.escape(end), re.S)
+    text = pattern.sub(lambda _: section, text) if pattern.search(text) else text.rstrip() + "\n\n" + section + "\n"
+    DOC.write_text(text)
+    print(f"updated {DOC} [{name}]")

@@ -1,0 +1,1 @@
+"""The napari plugin: the only part of napari-cryoden that imports napari, Qt, magicgui or superqt."""

@@ -1,0 +1,95 @@
+"""Turn core results into napari LayerDataTuples: one place for names, scale (Å), contrast and features.
+
+Readers, sample data and widgets all build their layers here.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+import pandas as pd
+
+LayerDataTuple = tuple
+
+
+def robust_contrast_limits(data: np.ndarray, *, low: float = 0.5, high: float = 99.5,
+                           max_values: int = 1_000_000) -> tuple[float, float]:
+    """Percentile contrast limits from a subsample (a few central planes), so a memory-mapped
+    multi-GB volume is not read whole just to set the contrast."""
+    arr = data
+    if arr.ndim == 3 and arr.size > max_values:
+        per_plane = int(np.prod(arr.shape[1:]))
+        n_planes = max(1, min(arr.shape[0], max_values // per_plane))
+        idx = np.linspace(0, arr.shape[0] - 1, n_planes).round().astype(int)
+        arr = np.asarray(arr[np.unique(idx)])
+    arr = np.asarray(arr, dtype=np.float32).ravel()
+    if arr.size > max_values:
+        arr = arr[:: arr.size // max_values + 1]
+    arr = arr[np.isfinite(arr)]
+    if arr.size == 0:
+        return (0.0, 1.0)
+    lo, hi = np.percentile(arr, [low, high])
+    if not hi > lo:
+        lo, hi = float(arr.min()), float(arr.max())
+        if not hi > lo:
+            hi = lo + 1.0
+    return (float(lo), float(hi))
+
+
+def layer_scale(voxel_size: Sequence[float], ndim: int, *, is_stack: bool) -> tuple[float, ...]:
+    """napari ``scale``: the voxel size in Å on every spatial axis; the image index of a stack gets 1."""
+    vs = [float(v) for v in voxel_size][-ndim:]
+    while len(vs) < ndim:
+        vs.insert(0, vs[0])
+    if is_stack and ndim == 3:
+        vs[0] = 1.0
+    return tuple(vs)
+
+
+def image_layer(data: np.ndarray, *, name: str, voxel_size: Sequence[float] | float, is_stack: bool = False,
+                metadata: dict | None = None, colormap: str = "gray", contrast_limits=None,
+                visible: bool = True, **kwargs) -> LayerDataTuple:
+    """An image layer tuple with ``scale`` = voxel size (Å) and robust contrast limits."""
+    vs = [float(voxel_size)] * data.ndim if np.isscalar(voxel_size) else list(voxel_size)
+    meta = {"voxel_size": tuple(float(v) for v in vs), "is_stack": is_stack, **(metadata or {})}
+    attrs = {
+        "name": name,
+        "scale": layer_scale(vs, data.ndim, is_stack=is_stack),
+        "metadata": meta,
+        "colormap": colormap,
+        "contrast_limits": contrast_limits or robust_contrast_limits(data),
+        "visible": visible,
+        **kwargs,
+    }
+    return (data, attrs, "image")
+
+
+def particle_points_layer(table: pd.DataFrame, *, box: tuple[int, int], pixel_size: float, name: str,
+                          visible: bool = True) -> LayerDataTuple:
+    """One point per particle at its centre in its own frame, carrying the particle table as ``features``.
+
+    The centre is the box centre minus the RELION origin (the origin moves the particle back to the centre);
+    without origins it is the box centre. Coordinates are in data pixels, with the stack's ``scale``.
+    """
+    n = len(table)
+    cy, cx = box[0] // 2, box[1] // 2
+    ox = table["rlnOriginXAngst"].to_numpy() / pixel_size if "rlnOriginXAngst" in table else np.zeros(n)
+    oy = table["rlnOriginYAngst"].to_numpy() / pixel_size if "rlnOriginYAngst" in table else np.zeros(n)
+    coords = np.stack([np.arange(n, dtype=float), cy - oy, cx - ox], axis=1)
+    features = table.reset_index(drop=True).copy()
+    for col in features.columns:
+        if features[col].dtype == object:
+            features[col] = features[col].astype(str)
+    attrs = {
+        "name": name,
+        "scale": (1.0, pixel_size, pixel_size),
+        "features": features,
+        "size": max(1.5, min(box) / 40),
+        "face_color": "transparent",
+        "border_color": "yellow",
+        "symbol": "cross",
+        "visible": visible,
+        "metadata": {"kind": "particle centres"},
+    }
+    return (coords, attrs, "points")
