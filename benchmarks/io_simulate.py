@@ -48,7 +48,7 @@ def main() -> None:
         t_slice, _ = best_of(lambda: np.asarray(m.data[512]))
         rss1 = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
         rows.append({"task": "open a 4 GiB MRC (1024³ float32), memory-mapped", "time (s)": t_open,
-                     "note": f"peak RSS grew {max(0, rss1 - rss0) / 1024:.0f} MB (incl. reading one 4 MB slice in {t_slice * 1e3:.1f} ms)"})
+                     "note": f"peak RSS grew {max(0, rss1 - rss0) / 1024:.0f} MB (incl. reading one 4 MB slice in {t_slice * 1e3:.2f} ms)"})
         del m
 
     mp = builtin_map()

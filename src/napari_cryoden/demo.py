@@ -38,8 +38,7 @@ def run_demo(outdir: str | os.PathLike, *, seed: int = 0, quick: bool = False) -
     t0 = time.perf_counter()
 
     # 1. Tomogram phantom with even/odd halves.
-    shape = (32, 96, 96) if quick else (48, 128, 128)
-    ph = sample_tomogram(shape=shape, halves=True, seed=seed)
+    ph = sample_tomogram(halves=True, seed=seed)
     files = ph.save(out, stem="tomogram")
     noisy_psnr = metrics.psnr(ph.clean, ph.noisy)
     noisy_ssim = metrics.ssim(ph.clean, ph.noisy)

@@ -31,7 +31,7 @@ def _asymmetric_map() -> np.ndarray:
     g = np.arange(21.0) - 10.0
     z, y, x = g[:, None, None], g[None, :, None], g[None, None, :]
     out = np.zeros((21, 21, 21))
-    for (cz, cy, cx), s, a in [((0, 0, 0), 2.5, 1.0), ((0, 0, 5), 1.8, 0.8), ((3, -4, 0), 1.5, 0.6)]:
+    for (cz, cy, cx), s, a in [((0, 0, 0), 1.6, 1.0), ((0, 0, 6), 1.2, 0.8), ((4, -5, 0), 1.2, 0.6)]:
         out += a * np.exp(-((z - cz) ** 2 + (y - cy) ** 2 + (x - cx) ** 2) / (2 * s**2))
     return out
 
@@ -157,10 +157,10 @@ def test_particle_orientation_convention():
     ref = _asymmetric_map()
     frozen = ref.copy()
     frozen.flags.writeable = False
-    result = simulate_tomogram(shape=SMALL, n_vesicles=0, n_filaments=0, n_particles=4, particle_map=frozen,
+    result = simulate_tomogram(shape=SMALL, n_vesicles=0, n_filaments=0, n_particles=6, particle_map=frozen,
                                particle_map_voxel_size=10.0, missing_wedge=None, seed=5)
     np.testing.assert_array_equal(frozen, ref)
-    assert len(result.particles) == 4
+    assert len(result.particles) == 6
     support = ref >= PARTICLE_SUPPORT_THRESHOLD * ref.max()
     idx = np.argwhere(support)
     centre = (idx * ref[support][:, None]).sum(0) / ref[support].sum()
@@ -174,8 +174,9 @@ def test_particle_orientation_convention():
             coords = position + r.apply(grid[:, ::-1])[:, ::-1]
             sampled = ndimage.map_coordinates(result.phantom, coords.T, order=1)
             scores.append(np.corrcoef(sampled[inside], ref.reshape(-1)[inside])[0, 1])
-        assert scores[0] > 0.95
-        assert scores[1] < scores[0] - 0.05
+        assert scores[0] > 0.98
+        if (rot * rot).magnitude() > np.deg2rad(60):  # R and its inverse differ enough to tell apart
+            assert scores[1] < scores[0] - 0.1
 
 
 def test_particle_map_is_rescaled_to_the_voxel_size():

@@ -10,18 +10,20 @@ from .particles import (
     simulate_particles,
 )
 from .projection import project_map, resample_map
-from .tomogram import TomogramPhantom, simulate_tomogram
+from .tomogram import TomogramPhantom, apply_missing_wedge, missing_wedge_mask, simulate_tomogram
 
 __all__ = [
     "CTFParams",
     "SimulatedParticles",
     "TomogramPhantom",
     "add_noise",
+    "apply_missing_wedge",
     "apply_ctf",
     "circular_mask",
     "ctf_2d",
     "electron_wavelength",
     "measure_snr",
+    "missing_wedge_mask",
     "noise_std_for_snr",
     "project_map",
     "random_views",

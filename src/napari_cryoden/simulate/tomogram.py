@@ -230,7 +230,8 @@ def _place_vesicles(shape, n: int, voxel_size: float, rng: np.random.Generator) 
         return pd.DataFrame(columns=columns, dtype=float)
     px_per_nm = ANGSTROM_PER_NM / voxel_size
     _, _, reach = _membrane_geometry(voxel_size)
-    r_fit = 0.5 * (min(shape) - 1) - reach - 1.0
+    # At most ~80 % of the smallest dimension across, leaving room around the vesicles for the rest.
+    r_fit = 0.4 * (min(shape) - 1) - reach
     r_lumen = reach + 2.0  # smallest radius that still leaves a hollow centre
     if r_fit < r_lumen:
         logger.warning("volume %s is too small for a %.0f Å vesicle at %.1f Å/voxel; no vesicles placed",
@@ -336,7 +337,7 @@ def _place_filaments(shape, n: int, voxel_size: float, vesicles: pd.DataFrame,
         elev = rng.uniform(-max_elev, max_elev)
         direction = np.array([np.sin(elev), np.cos(elev) * np.sin(phi), np.cos(elev) * np.cos(phi)])
         normal = np.array([0.0, np.cos(phi), -np.sin(phi)])
-        point = np.array([rng.uniform(0.35, 0.65) * nz, rng.uniform(0.15, 0.85) * ny,
+        point = np.array([rng.uniform(0.3, 0.7) * nz, rng.uniform(0.15, 0.85) * ny,
                           rng.uniform(0.15, 0.85) * nx])
         fil = _Filament(
             kind=kind, point=point, direction=direction, normal=normal, binormal=np.cross(direction, normal),
