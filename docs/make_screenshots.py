@@ -25,8 +25,9 @@ def _settle(viewer) -> None:
 
 
 def _save(viewer, name: str) -> None:
-    from napari_cryoden.report import _figure  # noqa: F401  (keeps matplotlib on Agg)
     from skimage.io import imsave
+
+    from napari_cryoden.report import _figure  # noqa: F401  (keeps matplotlib on Agg)
 
     shot = viewer.screenshot(canvas_only=False, flash=False)
     if shot.mean() < 5:
@@ -61,7 +62,8 @@ def sample_screenshots() -> None:
 def convention_figure() -> None:
     """The in-plane convention: reference, rotated by psi, then moved by -origin."""
     from napari_cryoden.align.transforms import align_images, transform_images
-    from napari_cryoden.report import _figure, _save as save_fig
+    from napari_cryoden.report import _figure
+    from napari_cryoden.report import _save as save_fig
 
     # A letter F: chiral, so rotation direction and mirror errors are obvious at a glance.
     ref = np.zeros((64, 64), np.float32)

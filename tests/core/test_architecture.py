@@ -49,3 +49,10 @@ def test_no_gui_import_statement_outside_plugin():
     offenders = [f"{p.relative_to(REPO)}:{i + 1}" for p in pkg.rglob("*.py") if "_plugin" not in p.parts
                  for i, line in enumerate(p.read_text().splitlines()) if pattern.match(line)]
     assert offenders == []
+
+
+def test_ruff_lint_passes():
+    ruff = Path(sys.executable).parent / "ruff"
+    result = subprocess.run([str(ruff), "check", "src", "tests", "benchmarks", "docs"], cwd=REPO,
+                            capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stdout + result.stderr
