@@ -343,8 +343,11 @@ class MrcWriter:
     """
 
     def __init__(self, path: str | os.PathLike, shape: Sequence[int], *, voxel_size, dtype=np.float32,
-                 is_stack: bool = False, inputs: Iterable[str | os.PathLike] = (), overwrite: bool = True):
+                 is_stack: bool = False, origin: Sequence[float] | None = None, labels: Sequence[str] = (),
+                 inputs: Iterable[str | os.PathLike] = (), overwrite: bool = True):
         self._atomic = AtomicOutput(path, inputs=inputs, overwrite=overwrite)
+        self.origin = origin
+        self.labels = list(labels)
         self.shape = tuple(int(s) for s in shape)
         self.dtype = np.dtype(dtype)
         self.voxel_size = _as_voxel_triplet(voxel_size, len(self.shape))
@@ -368,6 +371,10 @@ class MrcWriter:
                 if self.is_stack and len(self.shape) == 3:
                     mrc.set_image_stack()
                 mrc.voxel_size = self.voxel_size
+                if self.origin is not None:
+                    mrc.header.origin = tuple(float(o) for o in self.origin)
+                for lbl in self.labels[:9]:
+                    mrc.add_label(str(lbl)[:80])
                 mrc.update_header_from_data()
                 mrc.update_header_stats()
         finally:

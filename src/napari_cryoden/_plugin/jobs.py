@@ -1,0 +1,97 @@
+"""One job runner for every widget: a core progress generator in a napari ``thread_worker``.
+
+* Yielded :class:`~napari_cryoden.progress.ProgressEvent`s arrive on the main thread (``on_event``).
+* The generator's return value arrives on the main thread (``on_done``); layers are made only there.
+* Cancel calls ``worker.quit()``, which stops the generator at its next ``yield`` (so a core routine writing
+  a file inside an atomic block leaves nothing behind).
+* Starting a new job cancels the running one; events and results of a superseded job are dropped.
+* Errors become napari notifications (one line for input errors), never tracebacks in a dialog.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Generator
+
+from napari.qt.threading import GeneratorWorker, create_worker
+
+from .notify import notify_error, notify_info
+
+log = logging.getLogger(__name__)
+
+
+class JobRunner:
+    """Runs at most one job at a time for a widget."""
+
+    def __init__(self, *, on_event: Callable | None = None, on_done: Callable | None = None,
+                 on_finished: Callable | None = None):
+        self.on_event, self.on_done, self.on_finished = on_event, on_done, on_finished
+        self.worker: GeneratorWorker | None = None
+        self._token = 0
+        self.last_error: BaseException | None = None
+
+    @property
+    def running(self) -> bool:
+        return self.worker is not None and self.worker.is_running
+
+    def start(self, job: Callable[[], Generator], *, name: str = "job",
+              on_done: Callable | None = None) -> GeneratorWorker:
+        """Run ``job()`` (a function returning a progress generator) in a worker thread."""
+        self.cancel()
+        self._token += 1
+        token = self._token
+        self.last_error = None
+
+        def wrapped():
+            result = yield from job()
+            return result
+
+        worker = create_worker(wrapped, _start_thread=False)
+        done = on_done or self.on_done
+
+        def _event(ev):
+            if token == self._token and self.on_event is not None:
+                self.on_event(ev)
+
+        def _returned(result):
+            if token == self._token and done is not None:
+                done(result)
+
+        def _errored(exc):
+            if token == self._token:
+                self.last_error = exc
+                notify_error(exc)
+
+        def _finished():
+            if token == self._token:
+                self.worker = None
+                if self.on_finished is not None:
+                    self.on_finished()
+
+        def _aborted():
+            if token == self._token:
+                notify_info(f"{name} cancelled")
+
+        worker.yielded.connect(_event)
+        worker.returned.connect(_returned)
+        worker.errored.connect(_errored)
+        worker.aborted.connect(_aborted)
+        worker.finished.connect(_finished)
+        self.worker = worker
+        worker.start()
+        return worker
+
+    def cancel(self) -> None:
+        """Stop the running job at its next step; its results will be dropped."""
+        if self.worker is not None:
+            worker = self.worker
+            self._token += 1  # anything the old job still emits is ignored
+            worker.quit()
+            self.worker = None
+            if self.on_finished is not None:
+                self.on_finished()
+
+    def wait(self, timeout_ms: int = 600_000) -> None:
+        """Block until the running job finishes (tests and scripts)."""
+        if self.worker is not None:
+            self.worker.await_workers(msecs=timeout_ms)

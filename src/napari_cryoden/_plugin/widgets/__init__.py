@@ -1,0 +1,1 @@
+"""Dock widgets: Denoise, Align, Cluster, Simulate, Compare."""

@@ -1,0 +1,61 @@
+"""The progress row every widget shows: bar, ETA / loss text and a Cancel button."""
+
+from __future__ import annotations
+
+from qtpy.QtWidgets import QHBoxLayout, QLabel, QProgressBar, QPushButton, QWidget
+
+from ...progress import ProgressEvent
+
+
+def format_seconds(seconds: float | None) -> str:
+    if seconds is None:
+        return "?"
+    seconds = int(round(seconds))
+    if seconds >= 3600:
+        return f"{seconds // 3600}h{(seconds % 3600) // 60:02d}m"
+    if seconds >= 60:
+        return f"{seconds // 60}m{seconds % 60:02d}s"
+    return f"{seconds}s"
+
+
+class ProgressRow(QWidget):
+    def __init__(self, parent=None):
+        super().__init__(parent)
+        layout = QHBoxLayout(self)
+        layout.setContentsMargins(0, 0, 0, 0)
+        self.bar = QProgressBar()
+        self.bar.setRange(0, 1000)
+        self.bar.setValue(0)
+        self.bar.setTextVisible(True)
+        self.bar.setFormat("idle")
+        self.label = QLabel("")
+        self.cancel_button = QPushButton("Cancel")
+        self.cancel_button.setEnabled(False)
+        layout.addWidget(self.bar, 3)
+        layout.addWidget(self.label, 2)
+        layout.addWidget(self.cancel_button)
+
+    def start(self, text: str = "starting") -> None:
+        self.bar.setValue(0)
+        self.bar.setFormat(text)
+        self.label.setText("")
+        self.cancel_button.setEnabled(True)
+
+    def update(self, ev: ProgressEvent) -> None:
+        frac = ev.fraction
+        if frac is None:
+            self.bar.setRange(0, 0)  # busy indicator
+        else:
+            self.bar.setRange(0, 1000)
+            self.bar.setValue(int(frac * 1000))
+        self.bar.setFormat(f"{ev.stage} {ev.step}/{ev.total}" if ev.total else f"{ev.stage} {ev.step}")
+        parts = [f"ETA {format_seconds(ev.eta)}"] if ev.eta is not None else []
+        if ev.loss is not None:
+            parts.append(f"loss {ev.loss:.4g}")
+        self.label.setText("  ".join(parts))
+
+    def finish(self, text: str = "done") -> None:
+        self.bar.setRange(0, 1000)
+        self.bar.setValue(1000 if text == "done" else self.bar.value())
+        self.bar.setFormat(text)
+        self.cancel_button.setEnabled(False)

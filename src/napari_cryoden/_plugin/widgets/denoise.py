@@ -1,0 +1,247 @@
+"""Denoise dock widget: pick a layer and a method, train / predict / both, watch loss and preview."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import napari
+import numpy as np
+from magicgui.widgets import CheckBox, ComboBox, Container, Label, PushButton, SpinBox, create_widget
+from qtpy.QtWidgets import QFileDialog
+
+from ...denoise import methods
+from ...denoise.engine import PARAMS, TrainedDenoiser, default_params, iter_predict, iter_train
+from ...errors import CryodenInputError
+from ...models import save_model
+from ...params import as_dict
+from ..jobs import JobRunner
+from ..layers import image_layer
+from ..notify import notify_error, notify_info
+from ._params import params_form, params_from_form
+from ._plot import LossPlot
+from ._progress import ProgressRow
+
+
+def layer_input(layer) -> tuple[np.ndarray, bool, tuple]:
+    """(data to process, is_stack, voxel size z,y,x) for an image layer, copied unless read-only."""
+    data = layer.data
+    if not (isinstance(data, np.memmap) and not data.flags.writeable):
+        data = np.array(data, dtype=np.float32, copy=True)  # the user may edit the layer meanwhile
+    meta = layer.metadata or {}
+    is_stack = bool(meta.get("is_stack", False))
+    scale = tuple(float(s) for s in layer.scale)
+    voxel = tuple(meta.get("voxel_size") or scale)
+    if is_stack and len(voxel) == 3:
+        voxel = (voxel[-1], voxel[-2], voxel[-1])
+    return data, is_stack, voxel
+
+
+def add_result_layer(viewer, data, *, source, name: str, metadata: dict) -> napari.layers.Layer:
+    """A new image layer beside ``source`` with the same scale/translate and robust contrast."""
+    meta = {**{k: v for k, v in (source.metadata or {}).items() if k in ("voxel_size", "is_stack")}, **metadata}
+    tup = image_layer(data, name=name, voxel_size=tuple(source.scale), is_stack=False, metadata=meta,
+                      translate=tuple(source.translate))
+    tup[1]["scale"] = tuple(source.scale)
+    return viewer.add_layer(napari.layers.Layer.create(*tup))
+
+
+class DenoiseWidget(Container):
+    def __init__(self, viewer: napari.viewer.Viewer):
+        super().__init__(labels=True)
+        self.viewer = viewer
+        self.model: TrainedDenoiser | None = None
+        self._methods = methods()
+        self.image = create_widget(annotation=napari.layers.Image, label="image")
+        self.half2 = create_widget(annotation=napari.layers.Image | None, label="second half",
+                                   options={"nullable": True})
+        self.method = ComboBox(label="method", choices=list(self._methods), value="fourier-n2n"
+                               if "fourier-n2n" in self._methods else list(self._methods)[0])
+        self.stack = CheckBox(label="2D (per image)", value=False,
+                              tooltip="treat the first axis as an image index (particle stacks)")
+        self.seed = SpinBox(label="seed", value=0, min=0, max=2**31 - 1)
+        self.description = Label(value="")
+        self.description.native.setWordWrap(True)
+        self.form = Container(labels=True)
+        self.train_button = PushButton(text="Train")
+        self.predict_button = PushButton(text="Predict")
+        self.both_button = PushButton(text="Train and predict")
+        self.save_button = PushButton(text="Save model…")
+        self.load_button = PushButton(text="Load model…")
+        self.model_label = Label(value="no model")
+        buttons = Container(widgets=[self.train_button, self.predict_button, self.both_button], layout="horizontal",
+                            labels=False)
+        model_row = Container(widgets=[self.save_button, self.load_button, self.model_label], layout="horizontal",
+                              labels=False)
+        self.extend([self.image, self.half2, self.method, self.stack, self.seed, self.description, self.form,
+                     buttons, model_row])
+        self.progress = ProgressRow()
+        self.loss_plot = LossPlot()
+        self.native.layout().addWidget(self.progress)
+        self.native.layout().addWidget(self.loss_plot)
+        self.runner = JobRunner(on_event=self._on_event, on_finished=self._on_finished)
+        self.progress.cancel_button.clicked.connect(self.runner.cancel)
+        self.method.changed.connect(self._method_changed)
+        self.image.changed.connect(self._image_changed)
+        self.train_button.changed.connect(lambda: self.run("train"))
+        self.predict_button.changed.connect(lambda: self.run("predict"))
+        self.both_button.changed.connect(lambda: self.run("both"))
+        self.save_button.changed.connect(self._save_model)
+        self.load_button.changed.connect(self._load_model)
+        self._image_changed()
+        self._method_changed()
+
+    # -------------------------------------------------------------------------------------- state
+    @property
+    def method_info(self):
+        return self._methods[self.method.value]
+
+    def _dims(self) -> int:
+        layer = self.image.value
+        return 2 if (self.stack.value or (layer is not None and layer.data.ndim == 2)) else 3
+
+    def _method_changed(self, *_):
+        m = self.method_info
+        values = as_dict(default_params(m.name, dims=self._dims())) if m.name in PARAMS else None
+        self.form.clear()
+        self.form.extend(list(params_form(m.params, values=values)))
+        self.description.value = m.description
+        self.description.tooltip = m.description
+        trainable = m.family == "self-supervised"
+        self.train_button.enabled = trainable
+        self.predict_button.enabled = trainable and self.model is not None
+        self.save_button.enabled = trainable and self.model is not None
+        self.load_button.enabled = trainable
+        self.both_button.text = "Train and predict" if trainable else "Denoise"
+        self.half2.visible = m.name == "n2n-halves"
+
+    def _image_changed(self, *_):
+        layer = self.image.value
+        if layer is not None:
+            self.stack.value = bool((layer.metadata or {}).get("is_stack", False))
+
+    def params(self):
+        cls = self.method_info.params
+        return params_from_form(cls, self.form)
+
+    # ---------------------------------------------------------------------------------------- run
+    def run(self, mode: str):
+        layer = self.image.value
+        try:
+            if layer is None:
+                raise CryodenInputError(None, "choose an image layer first")
+            params = self.params()
+            data, is_stack, voxel = layer_input(layer)
+            is_stack = self.stack.value
+            if not np.isfinite(np.asarray(data[: min(len(data), 64)])).all():
+                raise CryodenInputError(layer.name, "contains NaN or Inf values")
+        except (CryodenInputError, ValueError) as exc:
+            notify_error(exc)
+            return
+        m = self.method_info
+        seed = int(self.seed.value)
+        half2 = None
+        if m.name == "n2n-halves":
+            if self.half2.value is None:
+                notify_error(CryodenInputError(layer.name, "Noise2Noise on halves needs the second half layer"))
+                return
+            half2 = layer_input(self.half2.value)[0]
+        model = self.model
+        if mode == "predict" and model is None:
+            notify_error(CryodenInputError(None, "train or load a model first"))
+            return
+
+        def job():
+            nonlocal model
+            if m.family != "self-supervised":
+                result = yield from m.denoise(data, params, is_stack=is_stack, voxel_size=voxel, seed=seed)
+                return None, result
+            if mode in ("train", "both"):
+                model = yield from iter_train(data, params, method=m.name, is_stack=is_stack, half2=half2,
+                                              seed=seed, voxel_size=voxel)
+            if mode == "train":
+                return model, None
+            result = yield from iter_predict(model, data, is_stack=is_stack, half2=half2, seed=seed)
+            return model, result
+
+        self.loss_plot.clear()
+        self.progress.start(mode)
+        meta = {"method": m.name, "params": as_dict(params), "seed": seed, "source": layer.name}
+        self.runner.start(job, name=f"{m.title} on {layer.name}",
+                          on_done=lambda out: self._on_done(out, layer, meta))
+
+    def _on_event(self, ev):
+        self.progress.update(ev)
+        if ev.loss is not None:
+            self.loss_plot.add(ev.step, ev.loss)
+        if ev.preview is not None:
+            self._show_preview(ev)
+
+    def _show_preview(self, ev):
+        layer = self.image.value
+        if layer is None:
+            return
+        name = f"{layer.name} preview"
+        y0, x0 = ev.info.get("preview_origin", (0, 0))
+        scale = tuple(layer.scale[-2:])
+        translate = (layer.translate[-2] + y0 * scale[0], layer.translate[-1] + x0 * scale[1])
+        if name in self.viewer.layers:
+            preview = self.viewer.layers[name]
+            preview.data = ev.preview
+        else:
+            self.viewer.add_image(ev.preview, name=name, scale=scale, translate=translate, colormap="gray",
+                                  blending="translucent", metadata={"preview": True})
+
+    def _on_done(self, out, layer, meta):
+        model, result = out
+        if model is not None:
+            self.model = model
+            self.model_label.value = f"{model.method} model, {len(model.history)} steps"
+            self.predict_button.enabled = True
+            self.save_button.enabled = True
+        if result is not None:
+            result = result.reshape(layer.data.shape)
+            add_result_layer(self.viewer, result, source=layer, name=f"{layer.name} denoised ({meta['method']})",
+                             metadata=meta)
+        self.progress.finish("done")
+
+    def _on_finished(self):
+        if self.runner.last_error is not None:
+            self.progress.finish("failed")
+        elif self.progress.bar.format() not in ("done",):
+            self.progress.finish(self.progress.bar.format() if self.runner.worker is None else "done")
+
+    # ------------------------------------------------------------------------------------- models
+    def _save_model(self, *_):
+        if self.model is None:
+            return
+        path, _ = QFileDialog.getSaveFileName(self.native, "Save model", "model.pt", "Model files (*.pt)")
+        if path:
+            self.save_model_to(path)
+
+    def save_model_to(self, path: str) -> None:
+        try:
+            save_model(path, self.model.to_model_file())
+            notify_info(f"model saved to {path}")
+        except Exception as exc:  # an unwritable path must not take the viewer down
+            notify_error(exc)
+
+    def _load_model(self, *_):
+        path, _ = QFileDialog.getOpenFileName(self.native, "Load model", "", "Model files (*.pt)")
+        if path:
+            self.load_model_from(path)
+
+    def load_model_from(self, path: str) -> None:
+        try:
+            model = TrainedDenoiser.load(path)
+        except CryodenInputError as exc:
+            notify_error(exc)
+            return
+        self.model = model
+        self.method.value = model.method
+        names = {w.name for w in self.form}
+        for f in dataclasses.fields(model.params):
+            if f.name in names:
+                self.form[f.name].value = getattr(model.params, f.name)
+        self.stack.value = model.net_config.dims == 2
+        self.model_label.value = f"{model.method} model, {len(model.history)} steps"
+        self.predict_button.enabled = self.save_button.enabled = True

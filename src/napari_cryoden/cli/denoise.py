@@ -1,0 +1,194 @@
+"""`cryoden denoise`: any registered denoising method over one or many files, with model save/load."""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import glob
+import logging
+from pathlib import Path
+
+from ..errors import CryodenInputError, CryodenOutputError, require_finite
+from ..io.mrc import MRC_SUFFIXES, MrcWriter, read_mrc
+from ._common import check_outputs
+
+log = logging.getLogger(__name__)
+
+
+def expand_inputs(items: list[str]) -> list[Path]:
+    """Files, folders (their MRC-family files) and glob patterns, in order, without duplicates."""
+    paths: list[Path] = []
+    for item in items:
+        p = Path(item)
+        if p.is_dir():
+            found = sorted(q for q in p.iterdir() if q.suffix.lower() in MRC_SUFFIXES and q.is_file())
+            if not found:
+                raise CryodenInputError(p, "folder holds no .mrc/.mrcs/.map/.rec/.st files")
+            paths += found
+        elif any(ch in item for ch in "*?["):
+            found = sorted(Path(q) for q in glob.glob(item))
+            if not found:
+                raise CryodenInputError(item, "the pattern matches no file")
+            paths += found
+        else:
+            paths.append(p)
+    return list(dict.fromkeys(paths))
+
+
+def output_paths(inputs: list[Path], output: str) -> list[Path]:
+    """One input: OUTPUT is the file. Several: OUTPUT is a folder, files named STEM_denoised.SUFFIX."""
+    out = Path(output)
+    if len(inputs) == 1 and not out.is_dir():
+        return [out]
+    if out.exists() and not out.is_dir():
+        raise CryodenOutputError(out, "several inputs need an output folder, and this is a file")
+    out.mkdir(parents=True, exist_ok=True)
+    names = [out / f"{p.stem}_denoised{p.suffix}" for p in inputs]
+    if len(set(names)) != len(names):
+        raise CryodenInputError(None, "two inputs have the same file name; denoise them into different folders")
+    return names
+
+
+def _all_param_fields(methods) -> dict[str, tuple[dataclasses.Field, list[str]]]:
+    """Union of the parameter fields of all methods: name -> (field, methods using it)."""
+    fields: dict[str, tuple[dataclasses.Field, list[str]]] = {}
+    for name, m in methods.items():
+        for f in dataclasses.fields(m.params):
+            if f.name in fields:
+                fields[f.name][1].append(name)
+            else:
+                fields[f.name] = (f, [name])
+    return fields
+
+
+def _type_of(f: dataclasses.Field):
+    """The field's type (annotations are strings under ``from __future__ import annotations``)."""
+    if not isinstance(f.type, str):
+        return f.type
+    return {"int": int, "float": float, "str": str, "bool": bool}.get(f.type.split("|")[0].strip(), str)
+
+
+def build_params(method, args: argparse.Namespace, *, dims: int):
+    """The method's defaults (2D-adjusted for self-supervised methods), overridden by the options given."""
+    from ..denoise.engine import PARAMS, default_params
+    from ..params import validate
+
+    base = default_params(method.name, dims=dims) if method.name in PARAMS else method.params()
+    given = {}
+    for f in dataclasses.fields(method.params):
+        v = getattr(args, f"param_{f.name}", None)
+        if v is not None:
+            given[f.name] = v
+    if args.time_budget is not None and "time_budget" in {f.name for f in dataclasses.fields(method.params)}:
+        given["time_budget"] = args.time_budget
+    if args.epochs is not None and "epochs" in {f.name for f in dataclasses.fields(method.params)}:
+        given["epochs"] = args.epochs
+    try:
+        return validate(dataclasses.replace(base, **given))
+    except ValueError as exc:
+        raise CryodenInputError(None, f"--method {method.name}: {exc}") from exc
+
+
+def cmd_denoise(args) -> int:
+    from ..denoise import get_method
+    from ..denoise.engine import TrainedDenoiser, iter_predict_to_file, iter_train
+    from ..device import describe_device, resolve_device
+    from ..models import save_model
+    from ..progress import run_with_bar
+
+    method = get_method(args.method)
+    inputs = expand_inputs(args.inputs)
+    outputs = output_paths(inputs, args.output)
+    protected = list(inputs) + [p for p in (args.half2, args.model) if p]
+    check_outputs([*outputs, args.save_model], inputs=protected)
+    if args.predict_only and not args.model:
+        raise CryodenInputError(None, "--predict-only needs a trained model (--model FILE)")
+    trainable = method.family == "self-supervised"
+    if (args.model or args.save_model) and not trainable:
+        raise CryodenInputError(None, f"--model/--save-model apply to trained methods, not to {method.name}")
+    if method.name == "n2n-halves" and (not args.half2 or len(inputs) != 1) and not args.predict_only:
+        raise CryodenInputError(None, "n2n-halves trains on two halves: give one input and --half2 SECOND_HALF")
+
+    volumes = [read_mrc(p) for p in inputs]
+    half2 = read_mrc(args.half2) if args.half2 else None
+    for v in volumes + ([half2] if half2 else []):
+        require_finite(v.data, name=v.path)
+    if half2 is not None and half2.data.shape != volumes[0].data.shape:
+        raise CryodenInputError(args.half2, f"shape {half2.data.shape} differs from {inputs[0]}'s {volumes[0].data.shape}")
+    dev = resolve_device(args.device, need_fft=method.name == "fourier-n2n")
+    if not args.quiet:
+        print(f"method {method.name}; device {describe_device(dev)}")
+
+    model = None
+    if trainable:
+        first = volumes[0]
+        dims = 2 if (first.is_stack or first.data.ndim == 2) else 3
+        if args.model:
+            model = TrainedDenoiser.load(args.model)
+            if model.method != method.name:
+                raise CryodenInputError(args.model, f"is a {model.method} model; run with --method {model.method}")
+        if not args.predict_only:
+            params = build_params(method, args, dims=dims)
+            model = run_with_bar(iter_train(first.data, params, method=method.name, is_stack=first.is_stack,
+                                            half2=half2.data if half2 else None, model=model, seed=args.seed,
+                                            device=dev, voxel_size=first.voxel_size), disable=args.quiet)
+            if args.save_model:
+                save_model(args.save_model, model.to_model_file(), inputs=protected)
+                print(f"wrote model: {args.save_model}")
+    for vol, out in zip(volumes, outputs):
+        labels = [*vol.labels[:8], f"napari-cryoden denoise --method {method.name}"]
+        if trainable:
+            run_with_bar(iter_predict_to_file(model, vol.data, out, voxel_size=_zyx(vol), is_stack=vol.is_stack,
+                                              origin=vol.origin, labels=labels, inputs=protected,
+                                              half2=half2.data if (half2 is not None and vol is volumes[0]) else None,
+                                              seed=args.seed, device=dev), disable=args.quiet)
+        else:
+            dims = 2 if (vol.is_stack or vol.data.ndim == 2) else 3
+            params = build_params(method, args, dims=dims)
+            with MrcWriter(out, vol.data.shape, voxel_size=_zyx(vol), is_stack=vol.is_stack, origin=vol.origin,
+                           labels=labels, inputs=protected) as target:
+                target[...] = run_with_bar(method.denoise(vol.data, params, is_stack=vol.is_stack,
+                                                          voxel_size=vol.voxel_size, seed=args.seed,
+                                                          device=args.device), disable=args.quiet)
+        print(f"wrote {out}")
+    return 0
+
+
+def _zyx(vol) -> tuple[float, ...]:
+    vs = tuple(vol.voxel_size)
+    return vs if len(vs) == 3 else (vs[-1],) + vs
+
+
+def register(commands: dict) -> None:
+    from ..denoise import methods
+    from ..params import add_params_to_parser
+
+    all_methods = methods()
+    p = commands["root"].add_parser(
+        "denoise", help="denoise tomograms, micrographs or particle stacks (self-supervised, classical, supervised)",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog="methods:\n" + "\n".join(f"  {n:13s} {m.description}" for n, m in all_methods.items()))
+    p.add_argument("inputs", nargs="+", metavar="IN", help="MRC files, folders or glob patterns")
+    p.add_argument("-o", "--output", required=True, help="output file (one input) or folder (several inputs)")
+    p.add_argument("--method", required=True, choices=sorted(all_methods), help="denoising method")
+    p.add_argument("--half2", help="second half volume (n2n-halves)")
+    p.add_argument("--time-budget", type=float, help="wall-clock training budget in seconds")
+    p.add_argument("--epochs", type=int, help="training epochs")
+    p.add_argument("--device", default="auto", help="auto (CUDA, then MPS, then CPU), cpu, cuda, cuda:N, mps")
+    p.add_argument("--model", help="trained model file: predict with it (--predict-only) or continue training it")
+    p.add_argument("--save-model", help="save the trained model here (one file)")
+    p.add_argument("--predict-only", action="store_true", help="do not train; needs --model")
+    p.add_argument("--seed", type=int, default=0)
+    group = p.add_argument_group("method parameters (each applies to the methods named in its help)")
+    seen = set()
+    for name, (f, users) in _all_param_fields(all_methods).items():
+        if name in ("time_budget", "epochs") or name in seen:
+            continue
+        seen.add(name)
+
+        holder = dataclasses.make_dataclass("_P", [(f.name, _type_of(f), dataclasses.field(default=f.default,
+                                                                                             metadata=f.metadata))])
+        add_params_to_parser(group, holder)
+        action = group._group_actions[-1]
+        action.help = (action.help or "").replace("(default:", f"[{', '.join(users)}] (default:")
+    p.set_defaults(func=cmd_denoise)

@@ -1,0 +1,601 @@
+"""The self-supervised denoising engine: Self2Self with dropout, Fourier N2N, and even/odd Noise2Noise.
+
+One engine, three ways to make a training pair from the data the user has:
+
+* ``self2self``  — input = mask ⊙ patch (Bernoulli mask, keep probability p, optionally in blocks), target =
+  the same patch; the loss is the mean squared error over the *dropped* voxels only.
+* ``fourier-n2n`` — input and target are two independent Fourier-sampled versions of the same patch
+  (blocky Bernoulli masks in Fourier space with an always-kept low-frequency ball and random sign flips);
+  Noise2Noise loss (MSE over all voxels).
+* ``n2n-halves`` — input and target are the two half volumes (even/odd frames) at the same position.
+
+Training and prediction are generators of :class:`~napari_cryoden.progress.ProgressEvent`; prediction is
+tiled and streamed (:mod:`.tiling`). ``docs/methods.md`` gives the formulas and the reasons for each choice.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from collections.abc import Generator, Sequence
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from ..device import describe_device, resolve_device
+from ..errors import CryodenInputError
+from ..models import ModelFile, load_model
+from ..params import as_dict, param
+from ..progress import ProgressEvent, StageClock
+from .masks import apply_fourier_mask, bernoulli_mask, fourier_mask
+from .networks import UNet, UNetConfig
+from .normalize import Normalization, fit_normalization
+from .tiling import auto_tile, iter_predict_tiled
+
+log = logging.getLogger(__name__)
+
+METHODS = ("self2self", "fourier-n2n", "n2n-halves")
+
+
+# ------------------------------------------------------------------------------------------- parameters
+@dataclass(frozen=True)
+class EngineParams:
+    """Settings shared by the self-supervised methods (defaults run in minutes on a 2-core CPU)."""
+
+    patch_size: int = param(48, "training patch side in voxels (3D) or pixels (2D); rounded to the network's multiple",
+                            min=8, max=512)
+    batch_size: int = param(8, "patches per training step", min=1, max=1024)
+    epochs: int = param(100, "training epochs (an epoch = enough patches to cover the data once)", min=1)
+    time_budget: float = param(120.0, "wall-clock training budget in seconds (0: epochs only)", min=0)
+    learning_rate: float = param(4e-4, "Adam learning rate", min=1e-7, max=1.0)
+    lr_schedule: str = param("cosine", "learning-rate schedule over the run", choices=("cosine", "constant"))
+    base_channels: int = param(16, "U-Net channels at the first level (doubled per level)", min=4, max=256)
+    depth: int = param(3, "U-Net levels", min=2, max=6)
+    dropout: float = param(0.3, "decoder dropout rate (also used at prediction time for averaging)", min=0.0,
+                           max=0.9)
+    n_predictions: int = param(8, "predictions averaged per tile at inference (fresh masks / dropout)", min=1,
+                               max=1000)
+    low_percentile: float = param(0.5, "clip below this percentile before standardising", min=0.0, max=50.0)
+    high_percentile: float = param(99.5, "clip above this percentile before standardising", min=50.0, max=100.0)
+    augment: bool = param(True, "random flips and 90° rotations in the yx plane")
+    tile_size: int = param(0, "prediction tile side (0: automatic from free memory)", min=0, max=1024)
+    tile_overlap: int = param(16, "overlap between prediction tiles (voxels)", min=0, max=256)
+
+
+@dataclass(frozen=True)
+class Self2SelfParams(EngineParams):
+    keep_probability: float = param(0.7, "probability that a voxel is kept in the input mask (Self2Self: 0.7)",
+                                    min=0.05, max=0.95)
+    mask_block: str = param("1,1,1", "size (z,y,x) of the blocks dropped together; e.g. 3,1,1 for noise "
+                                     "correlated along z")
+
+
+@dataclass(frozen=True)
+class FourierN2NParams(EngineParams):
+    fourier_keep: float = param(0.5, "probability of keeping a block of frequencies", min=0.05, max=0.95)
+    fourier_block: int = param(8, "side of the frequency blocks kept or dropped together", min=1, max=64)
+    low_frequency_fraction: float = param(0.07, "fraction of the spectrum always kept (a low-frequency ball)",
+                                          min=0.0, max=0.5)
+    flip_probability: float = param(0.1, "probability of flipping the sign of a kept coefficient", min=0.0,
+                                    max=0.5)
+    n_predictions: int = param(8, "Fourier-pool members × dropout samples averaged per tile", min=1, max=1000)
+
+
+@dataclass(frozen=True)
+class HalvesParams(EngineParams):
+    n_predictions: int = param(1, "dropout samples averaged per half at inference", min=1, max=1000)
+    dropout: float = param(0.0, "decoder dropout rate", min=0.0, max=0.9)
+
+
+PARAMS = {"self2self": Self2SelfParams, "fourier-n2n": FourierN2NParams, "n2n-halves": HalvesParams}
+
+
+# ---------------------------------------------------------------------------------------------- data
+def as_volume(data: np.ndarray, *, is_stack: bool) -> tuple[np.ndarray, int]:
+    """View data as (z, y, x) for a volume or (n, y, x) for a stack; returns (array, network dims)."""
+    if data.ndim == 2:
+        return data[None], 2
+    if data.ndim != 3:
+        raise CryodenInputError(None, f"denoising needs a 2D image, a 3D volume or a stack, got shape {data.shape}")
+    return data, 2 if is_stack else 3
+
+
+def _patch_shape(shape: Sequence[int], dims: int, patch: int, multiple: int) -> tuple[int, int, int]:
+    def fit(n: int) -> int:
+        p = min(patch, n)
+        p -= p % multiple
+        if p < multiple:
+            raise CryodenInputError(None, f"the data ({tuple(shape)}) is too small for a U-Net of this depth "
+                                          f"(needs at least {multiple} voxels per axis); lower the depth")
+        return p
+
+    if dims == 2:
+        return (1, fit(shape[1]), fit(shape[2]))
+    return tuple(fit(n) for n in shape)
+
+
+def _parse_block(text: str, dims: int) -> tuple[int, ...]:
+    try:
+        values = tuple(int(v) for v in str(text).split(","))
+    except ValueError as exc:
+        raise ValueError(f"mask_block must look like '3,1,1', got {text!r}") from exc
+    if len(values) == 1:
+        values = values * 3
+    if len(values) != 3 or min(values) < 1:
+        raise ValueError(f"mask_block must be three positive integers (z,y,x), got {text!r}")
+    return values[1:] if dims == 2 else values
+
+
+class PatchSampler:
+    """Random (jittered, augmented) training patches read from the (memory-mapped) data."""
+
+    def __init__(self, sources: Sequence[np.ndarray], norm: Normalization, *, patch: tuple[int, int, int],
+                 dims: int, margin: int, augment: bool, rng: np.random.Generator):
+        self.sources, self.norm, self.patch, self.dims = list(sources), norm, patch, dims
+        self.margin, self.augment, self.rng = margin, augment, rng
+        self.shape = sources[0].shape
+
+    def _crop(self, source, z, y, x, size):
+        return np.asarray(source[z:z + size[0], y:y + size[1], x:x + size[2]], dtype=np.float32)
+
+    def sample(self, batch: int) -> np.ndarray:
+        """(batch, n_sources, *spatial) normalised float32 patches (spatial 2D or 3D)."""
+        m = self.margin
+        if self.dims == 2:
+            size = (1, min(self.patch[1] + 2 * m, self.shape[1]), min(self.patch[2] + 2 * m, self.shape[2]))
+        else:
+            size = tuple(min(p + 2 * m, s) for p, s in zip(self.patch, self.shape))
+        out = []
+        for _ in range(batch):
+            z, y, x = (int(self.rng.integers(0, s - c + 1)) for s, c in zip(self.shape, size))
+            crops = np.stack([self._crop(src, z, y, x, size) for src in self.sources])
+            if self.dims == 2:
+                crops = crops[:, 0]
+            if self.augment:
+                crops = self._augment(crops)
+            out.append(crops)
+        return self.norm.apply(np.stack(out)).astype(np.float32)
+
+    def _augment(self, c: np.ndarray) -> np.ndarray:
+        # Flips of every axis, and 90° turns in the yx plane only: z is special in tomograms (missing wedge,
+        # noise correlated along z), so it is never swapped with y or x.
+        for axis in range(1, c.ndim):
+            if self.rng.random() < 0.5:
+                c = np.flip(c, axis=axis)
+        k = int(self.rng.integers(0, 4))
+        if k and c.shape[-1] == c.shape[-2]:
+            c = np.rot90(c, k, axes=(c.ndim - 2, c.ndim - 1))
+        return np.ascontiguousarray(c)
+
+
+def _centre_crop(t: torch.Tensor, size: Sequence[int]) -> torch.Tensor:
+    sl = [slice(None), slice(None)]
+    for n, s in zip(t.shape[2:], size):
+        start = (n - s) // 2
+        sl.append(slice(start, start + s))
+    return t[tuple(sl)]
+
+
+# --------------------------------------------------------------------------------------------- model
+@dataclass
+class TrainedDenoiser:
+    """A trained network with everything needed to predict and to continue training."""
+
+    method: str
+    params: EngineParams
+    net_config: UNetConfig
+    net: UNet
+    normalization: Normalization
+    history: list = field(default_factory=list)
+    optimizer_state: dict | None = None
+    voxel_size: tuple | None = None
+
+    def to_model_file(self) -> ModelFile:
+        return ModelFile(
+            kind=f"denoise/{self.method}",
+            config={"method": self.method, "params": as_dict(self.params), "net": self.net_config.to_dict()},
+            state_dict=self.net.state_dict(),
+            normalization=self.normalization.to_dict(),
+            extra={"history": list(self.history), "optimizer": self.optimizer_state or {},
+                   "voxel_size": list(self.voxel_size) if self.voxel_size else []},
+        )
+
+    @classmethod
+    def from_model_file(cls, model: ModelFile) -> TrainedDenoiser:
+        method = model.config["method"]
+        if method not in PARAMS:
+            raise CryodenInputError(None, f"model is for method {method!r}, which this engine does not know")
+        params = PARAMS[method](**model.config["params"])
+        net_config = UNetConfig(**model.config["net"])
+        net = UNet(net_config)
+        net.load_state_dict(model.state_dict)
+        return cls(method=method, params=params, net_config=net_config, net=net,
+                   normalization=Normalization.from_dict(model.normalization),
+                   history=list(model.extra.get("history", [])),
+                   optimizer_state=model.extra.get("optimizer") or None,
+                   voxel_size=tuple(model.extra.get("voxel_size") or ()) or None)
+
+    @classmethod
+    def load(cls, path) -> TrainedDenoiser:
+        model = load_model(path, kind="denoise")
+        try:
+            return cls.from_model_file(model)
+        except CryodenInputError as exc:
+            raise CryodenInputError(path, exc.problem) from exc
+
+
+def _autocast(device: torch.device):
+    if device.type == "cuda":
+        dtype = torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+        return torch.autocast("cuda", dtype=dtype)
+    return torch.autocast("cpu", enabled=False)
+
+
+# ------------------------------------------------------------------------------------------ training
+def _make_pair(method: str, x: torch.Tensor, params: EngineParams, *, patch_spatial, generator, block):
+    """(network input, target, loss weights or None) for one batch of patches x (b, c, *spatial)."""
+    if method == "self2self":
+        x = _centre_crop(x[:, :1], patch_spatial)
+        m = bernoulli_mask(x.shape, params.keep_probability, generator=generator, device=x.device, block=block)
+        inp = torch.cat([x * m, m], dim=1)
+        return inp, x, 1.0 - m
+    if method == "fourier-n2n":
+        x = x[:, :1]
+        kw = dict(keep_probability=params.fourier_keep, block=params.fourier_block,
+                  low_frequency_fraction=params.low_frequency_fraction, flip_probability=params.flip_probability,
+                  generator=generator, device=x.device)
+        a = apply_fourier_mask(x, fourier_mask(x.shape, **kw))
+        b = apply_fourier_mask(x, fourier_mask(x.shape, **kw))
+        return _centre_crop(a, patch_spatial), _centre_crop(b, patch_spatial), None
+    if method == "n2n-halves":
+        x = _centre_crop(x, patch_spatial)
+        swap = torch.rand(x.shape[0], generator=generator, device=generator.device) < 0.5
+        swap = swap.to(x.device)
+        inp = torch.where(swap[:, None, None, None] if x.ndim == 4 else swap[:, None, None, None, None],
+                          x[:, 1:2], x[:, 0:1])
+        tgt = torch.where(swap[:, None, None, None] if x.ndim == 4 else swap[:, None, None, None, None],
+                          x[:, 0:1], x[:, 1:2])
+        return inp, tgt, None
+    raise ValueError(f"unknown method {method!r}")
+
+
+def iter_train(data: np.ndarray, params: EngineParams, *, method: str, is_stack: bool = False,
+               half2: np.ndarray | None = None, model: TrainedDenoiser | None = None, seed: int = 0,
+               device: str | torch.device = "auto", voxel_size=None,
+               preview_every: int = 25) -> Generator[ProgressEvent, None, TrainedDenoiser]:
+    """Train (or continue training) a self-supervised denoiser on ``data``.
+
+    Parameters
+    ----------
+    data
+        2D image, (z, y, x) volume, or (n, y, x) stack when ``is_stack``; may be memory-mapped; not modified.
+    params
+        :class:`Self2SelfParams`, :class:`FourierN2NParams` or :class:`HalvesParams`.
+    method
+        "self2self", "fourier-n2n" or "n2n-halves" (then ``data`` is the first half, ``half2`` the second).
+    model
+        Continue training this model (its network, normalisation and optimiser state) instead of a new one.
+
+    Yields progress events (loss, ETA, and every ``preview_every`` steps a denoised central slice) and returns
+    the :class:`TrainedDenoiser`.
+    """
+    if method not in PARAMS:
+        raise ValueError(f"unknown method {method!r}; choose from {METHODS}")
+    vol, dims = as_volume(data, is_stack=is_stack)
+    sources = [vol]
+    if method == "n2n-halves":
+        if half2 is None:
+            raise CryodenInputError(None, "n2n-halves needs the second half volume (--half2)")
+        vol2, _ = as_volume(half2, is_stack=is_stack)
+        if vol2.shape != vol.shape:
+            raise CryodenInputError(None, f"the two halves differ in shape: {vol.shape} and {vol2.shape}")
+        sources.append(vol2)
+    dev = resolve_device(device, need_fft=method == "fourier-n2n")
+    torch.manual_seed(seed)
+    rng = np.random.default_rng(seed)
+    generator = torch.Generator(device="cpu").manual_seed(seed)
+
+    if model is None:
+        norm = fit_normalization(vol, low_percentile=params.low_percentile, high_percentile=params.high_percentile)
+        net_config = UNetConfig(dims=dims, base_channels=params.base_channels, depth=params.depth,
+                                dropout=params.dropout, mask_channel=method == "self2self")
+        net = UNet(net_config)
+        history: list = []
+    else:
+        if model.method != method or model.net_config.dims != dims:
+            raise CryodenInputError(None, f"the model was trained with {model.method} in {model.net_config.dims}D; "
+                                          f"cannot continue it as {method} in {dims}D")
+        norm, net_config, net, history = model.normalization, model.net_config, model.net, list(model.history)
+    net = net.to(dev)
+    optimizer = torch.optim.Adam(net.parameters(), lr=params.learning_rate)
+    if model is not None and model.optimizer_state:
+        try:
+            optimizer.load_state_dict(model.optimizer_state)
+            for group in optimizer.param_groups:
+                group["lr"] = params.learning_rate
+        except (ValueError, KeyError):
+            log.warning("optimizer state of the loaded model does not fit; starting a fresh optimizer")
+    scaler = torch.amp.GradScaler("cuda") if (dev.type == "cuda" and not torch.cuda.is_bf16_supported()) else None
+
+    patch = _patch_shape(vol.shape, dims, params.patch_size, net_config.multiple)
+    patch_spatial = patch[1:] if dims == 2 else patch
+    margin = 8 if method == "fourier-n2n" else 0  # FFT on a larger crop, keep the centre: fewer edge effects
+    sampler = PatchSampler(sources, norm, patch=patch, dims=dims, margin=margin, augment=params.augment, rng=rng)
+    block = _parse_block(params.mask_block, dims) if method == "self2self" else None
+    voxels = int(np.prod(vol.shape))
+    steps_per_epoch = max(10, math.ceil(voxels / (params.batch_size * int(np.prod(patch)))))
+    total_steps = steps_per_epoch * params.epochs
+    budget = params.time_budget if params.time_budget > 0 else None
+    clock = StageClock("train", total_steps, time_budget=budget)
+    log.info("training %s on %s: %s, patches %s, %d steps max, budget %s s", method, describe_device(dev),
+             vol.shape, patch, total_steps, budget)
+
+    preview_input, preview_origin = _preview_source(vol, dims)
+    step, running = 0, None
+    net.train()
+    while step < total_steps and (budget is None or clock.elapsed < budget):
+        frac = step / total_steps
+        if budget is not None:
+            frac = max(frac, clock.elapsed / budget)
+        lr = params.learning_rate * (0.5 + 0.5 * math.cos(math.pi * min(frac, 1.0))) \
+            if params.lr_schedule == "cosine" else params.learning_rate
+        lr = max(lr, params.learning_rate * 0.02)
+        for group in optimizer.param_groups:
+            group["lr"] = lr
+        x = torch.from_numpy(sampler.sample(params.batch_size)).to(dev, non_blocking=True)
+        inp, target, weights = _make_pair(method, x, params, patch_spatial=patch_spatial, generator=generator,
+                                          block=block)
+        with _autocast(dev):
+            out = net(inp)
+        err = (out.float() - target) ** 2
+        loss = (err * weights).sum() / weights.sum().clamp_min(1.0) if weights is not None else err.mean()
+        optimizer.zero_grad(set_to_none=True)
+        if scaler is not None:
+            scaler.scale(loss).backward()
+            scaler.step(optimizer)
+            scaler.update()
+        else:
+            loss.backward()
+            optimizer.step()
+        step += 1
+        value = float(loss.detach())
+        running = value if running is None else 0.95 * running + 0.05 * value
+        history.append(value)
+        preview = None
+        if preview_every and step % preview_every == 0:
+            preview = _preview(net, method, params, norm, preview_input, dev, generator, block)
+            net.train()
+        yield clock.event(step, loss=running, preview=preview, lr=lr, device=describe_device(dev),
+                          preview_origin=preview_origin)
+    net.eval()
+    trained = TrainedDenoiser(method=method, params=params, net_config=net_config, net=net.cpu(),
+                              normalization=norm, history=history, optimizer_state=_cpu_state(optimizer.state_dict()),
+                              voxel_size=tuple(voxel_size) if voxel_size is not None else None)
+    return trained
+
+
+def _cpu_state(state):
+    if isinstance(state, torch.Tensor):
+        return state.detach().cpu()
+    if isinstance(state, dict):
+        return {k: _cpu_state(v) for k, v in state.items()}
+    if isinstance(state, list):
+        return [_cpu_state(v) for v in state]
+    return state
+
+
+def _preview_source(vol: np.ndarray, dims: int, size: int = 128) -> tuple[np.ndarray, tuple[int, int]]:
+    """A small central region for live previews (the central slice of a volume, the first image of a
+    stack) and the (y, x) of its corner in the data."""
+    if dims == 3:
+        z = vol.shape[0] // 2
+        zs = slice(max(0, z - 8), min(vol.shape[0], z + 8))
+        region = np.asarray(vol[zs], dtype=np.float32)
+    else:
+        region = np.asarray(vol[:1], dtype=np.float32)
+    cy, cx = region.shape[1] // 2, region.shape[2] // 2
+    h = size // 2
+    y0, x0 = max(0, cy - h), max(0, cx - h)
+    return region[:, y0:cy + h, x0:cx + h], (y0, x0)
+
+
+def _preview(net, method, params, norm, region, dev, generator, block) -> np.ndarray:
+    predict = _tile_predictor(net, method, params, norm, dev, generator, block, n_predictions=2)
+    out = predict(region[None, None])[0]
+    return out[out.shape[0] // 2] if out.ndim == 3 else out
+
+
+# ---------------------------------------------------------------------------------------- prediction
+def _pad_to_multiple(t: torch.Tensor, multiple: int) -> tuple[torch.Tensor, tuple]:
+    spatial = t.shape[2:]
+    pads = []
+    for n in reversed(spatial):
+        extra = (-n) % multiple
+        pads += [extra // 2, extra - extra // 2]
+    if any(pads):
+        mode = "reflect" if all(n > max(pads) for n in spatial) else "replicate"
+        t = F.pad(t, pads, mode=mode)
+    return t, tuple(pads)
+
+
+def _unpad(t: torch.Tensor, pads: tuple) -> torch.Tensor:
+    sl = [slice(None)] * t.ndim
+    for i, axis in enumerate(reversed(range(2, t.ndim))):
+        lo, hi = pads[2 * i], pads[2 * i + 1]
+        sl[axis] = slice(lo, t.shape[axis] - hi)
+    return t[tuple(sl)]
+
+
+def _enable_dropout(net: torch.nn.Module, on: bool) -> None:
+    net.eval()
+    if on:
+        for m in net.modules():
+            if isinstance(m, torch.nn.Dropout | torch.nn.Dropout2d | torch.nn.Dropout3d):
+                m.train()
+
+
+def _tile_predictor(net: UNet, method: str, params: EngineParams, norm: Normalization, dev: torch.device,
+                    generator: torch.Generator, block, *, n_predictions: int | None = None):
+    """A function (b, c, tz, ty, tx) raw tiles -> (b, tz, ty, tx) denoised tiles in input units."""
+    n_pred = n_predictions or params.n_predictions
+    dims = net.config.dims
+    use_dropout = params.dropout > 0 and (method != "n2n-halves" or n_pred > 1)
+
+    @torch.no_grad()
+    def predict(tiles: np.ndarray) -> np.ndarray:
+        _enable_dropout(net, use_dropout)
+        x = torch.from_numpy(np.ascontiguousarray(norm.apply(tiles), dtype=np.float32)).to(dev)
+        if dims == 2:  # tiles (b, c, 1, y, x) -> (b, c, y, x)
+            x = x[:, :, 0]
+        x, pads = _pad_to_multiple(x, net.config.multiple)
+        if method == "self2self":
+            x = x[:, :1]
+            total = torch.zeros_like(x)
+            count = torch.zeros_like(x)
+            for _ in range(n_pred):
+                m = bernoulli_mask(x.shape, params.keep_probability, generator=generator, device=dev, block=block)
+                with _autocast(dev):
+                    out = net(torch.cat([x * m, m], dim=1)).float()
+                # Average only where the voxel was dropped: those are the predictions the loss trained.
+                total += out * (1.0 - m)
+                count += 1.0 - m
+                fallback = out
+            y = torch.where(count > 0, total / count.clamp_min(1.0), fallback)
+        elif method == "fourier-n2n":
+            x = x[:, :1]
+            y = torch.zeros_like(x)
+            kw = dict(keep_probability=params.fourier_keep, block=params.fourier_block,
+                      low_frequency_fraction=params.low_frequency_fraction, flip_probability=params.flip_probability,
+                      generator=generator, device=dev)
+            for _ in range(n_pred):
+                member = apply_fourier_mask(x, fourier_mask(x.shape, **kw))
+                with _autocast(dev):
+                    y += net(member).float()
+            y /= n_pred
+        else:  # n2n-halves: each half through the network, averaged
+            y = torch.zeros_like(x[:, :1])
+            for _ in range(n_pred):
+                for c in range(x.shape[1]):
+                    with _autocast(dev):
+                        y += net(x[:, c:c + 1]).float()
+            y /= n_pred * x.shape[1]
+        y = _unpad(y, pads)[:, 0]
+        if dims == 2:
+            y = y[:, None]
+        return norm.invert(y.cpu().numpy())
+
+    return predict
+
+
+def _is_oom(exc: BaseException) -> bool:
+    text = str(exc).lower()
+    return isinstance(exc, torch.cuda.OutOfMemoryError) or "out of memory" in text or "can't allocate" in text
+
+
+def choose_tile(shape: Sequence[int], dims: int, net_config: UNetConfig, dev: torch.device,
+                requested: int = 0) -> tuple[int, int, int]:
+    """Tile size: as asked, else the largest that fits a quarter of the free (GPU or host) memory."""
+    multiple = net_config.multiple
+    if requested:
+        side = max(multiple, requested - requested % multiple)
+        return (1, min(side, shape[1]), min(side, shape[2])) if dims == 2 else tuple(min(side, s) for s in shape)
+    if dev.type == "cuda":
+        free, _ = torch.cuda.mem_get_info(dev)
+    else:
+        import psutil
+
+        free = psutil.virtual_memory().available
+    # Activation memory of a U-Net forward pass ≈ 6 feature maps of base_channels × 4 bytes per voxel.
+    bytes_per_voxel = 4.0 * net_config.base_channels * 6
+    max_tile = 512 if dims == 2 else (160 if dev.type == "cuda" else 96)
+    if dims == 2:
+        ty, tx = auto_tile(shape[1:], bytes_per_voxel=bytes_per_voxel, budget_bytes=free / 4, multiple=multiple,
+                           max_tile=max_tile)
+        return (1, min(ty, shape[1]), min(tx, shape[2]))
+    t = auto_tile(shape, bytes_per_voxel=bytes_per_voxel, budget_bytes=free / 4, multiple=multiple,
+                  max_tile=max_tile)
+    return tuple(min(a, s) for a, s in zip(t, shape))
+
+
+def iter_predict(model: TrainedDenoiser, data: np.ndarray, *, is_stack: bool = False,
+                 half2: np.ndarray | None = None, out=None, seed: int = 0, device: str | torch.device = "auto",
+                 n_predictions: int | None = None, tile_size: int | None = None,
+                 batch_size: int = 2) -> Generator[ProgressEvent, None, np.ndarray]:
+    """Denoise ``data`` with a trained model, tiled and streamed; returns the result (``out`` if given).
+
+    On out-of-memory the tile side is halved and the prediction restarts.
+    """
+    vol, dims = as_volume(data, is_stack=is_stack)
+    if dims != model.net_config.dims:
+        raise CryodenInputError(None, f"the model is {model.net_config.dims}D but the data needs a {dims}D model")
+    sources = [vol]
+    if model.method == "n2n-halves" and half2 is not None:
+        sources.append(as_volume(half2, is_stack=is_stack)[0])
+    dev = resolve_device(device, need_fft=model.method == "fourier-n2n")
+    net = model.net.to(dev)
+    torch.manual_seed(seed + 7919)  # dropout draws from the global generator
+    generator = torch.Generator(device="cpu").manual_seed(seed + 7919)
+    block = _parse_block(model.params.mask_block, dims) if model.method == "self2self" else None
+    predict = _tile_predictor(net, model.method, model.params, model.normalization, dev, generator, block,
+                              n_predictions=n_predictions)
+    tile = choose_tile(vol.shape, dims, model.net_config, dev, tile_size or model.params.tile_size)
+    overlap_side = model.params.tile_overlap
+    target = out if out is not None else np.empty(vol.shape, dtype=np.float32)
+    while True:
+        overlap = (0, overlap_side, overlap_side) if dims == 2 else (overlap_side,) * 3
+        try:
+            result = yield from iter_predict_tiled(predict, sources, tile=tile, overlap=overlap, out=target,
+                                                   batch_size=batch_size)
+            break
+        except (RuntimeError, MemoryError) as exc:
+            if not _is_oom(exc) or max(tile) <= 2 * model.net_config.multiple:
+                raise
+            if dev.type == "cuda":
+                torch.cuda.empty_cache()
+            tile = tuple(t if (dims == 2 and i == 0) else max(model.net_config.multiple, t // 2)
+                         for i, t in enumerate(tile))
+            batch_size = 1
+            log.warning("out of memory; retrying with tiles of %s", tile)
+    model.net.cpu()
+    if dev.type == "cuda":
+        torch.cuda.empty_cache()
+    return result.reshape(np.shape(data)) if out is None else result
+
+
+def iter_predict_to_file(model: TrainedDenoiser, source, path, *, voxel_size, is_stack: bool = False,
+                         origin=None, labels=(), inputs=(), half2=None, seed: int = 0,
+                         device: str | torch.device = "auto") -> Generator[ProgressEvent, None, Path]:
+    """Predict ``source`` (an :class:`~napari_cryoden.io.mrc.MrcData`-like array) straight into an MRC file.
+
+    The output is a memory map of a temporary file renamed into place at the end: closing the generator
+    early (Cancel) or an error leaves no file behind.
+    """
+    from ..io.mrc import MrcWriter
+
+    shape = np.shape(source)
+    with MrcWriter(path, shape, voxel_size=voxel_size, is_stack=is_stack, origin=origin, labels=labels,
+                   inputs=inputs) as target:
+        view = target if len(shape) == 3 else target.reshape((1,) + tuple(shape))
+        yield from iter_predict(model, source, is_stack=is_stack, half2=half2, out=view, seed=seed, device=device)
+    return Path(path)
+
+
+def iter_denoise(data: np.ndarray, params: EngineParams, *, method: str, is_stack: bool = False,
+                 half2: np.ndarray | None = None, seed: int = 0, device: str = "auto", voxel_size=None,
+                 out=None) -> Generator[ProgressEvent, None, np.ndarray]:
+    """Train on ``data`` then predict it (the one-call path the CLI and the widget use)."""
+    model = yield from iter_train(data, params, method=method, is_stack=is_stack, half2=half2, seed=seed,
+                                  device=device, voxel_size=voxel_size)
+    result = yield from iter_predict(model, data, is_stack=is_stack, half2=half2, out=out, seed=seed, device=device)
+    return result
+
+
+def default_params(method: str, *, dims: int, **overrides) -> EngineParams:
+    """Method defaults, adjusted for 2D (larger patches, more of them per step)."""
+    p = PARAMS[method]()
+    if dims == 2:
+        p = replace(p, patch_size=96, batch_size=16)
+    return replace(p, **overrides) if overrides else p

@@ -1,0 +1,116 @@
+"""Long jobs are generators of progress events.
+
+A core routine ``iter_something(...)`` yields :class:`ProgressEvent` objects and *returns* its result (the
+generator's ``StopIteration.value``). :func:`run` consumes such a generator synchronously; the CLI drives it
+with a progress bar (:func:`run_with_bar`); the napari plugin wraps it in a ``thread_worker``, whose
+``quit()`` stops it at the next ``yield``. Stopping early raises nothing inside the generator except
+``GeneratorExit`` at the ``yield``, so routines must write outputs only after their last ``yield`` or
+inside an :class:`~napari_cryoden.io.mrc.AtomicOutput` block (which removes the partial file).
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Generator
+from dataclasses import dataclass, field
+from typing import Any, TypeVar
+
+import numpy as np
+
+T = TypeVar("T")
+
+
+@dataclass(frozen=True)
+class ProgressEvent:
+    """One step of a long job.
+
+    Attributes
+    ----------
+    stage
+        What is running, e.g. "train", "predict", "align".
+    step, total
+        Steps done and expected (``total`` 0 when unknown).
+    loss
+        Current training loss, when there is one.
+    elapsed, eta
+        Seconds since the stage started and the estimated seconds left (None when unknown).
+    preview
+        Optional small array to show (e.g. the central slice of the current prediction, input units).
+    info
+        Anything else worth showing (learning rate, best score, ...).
+    """
+
+    stage: str
+    step: int
+    total: int = 0
+    loss: float | None = None
+    elapsed: float = 0.0
+    eta: float | None = None
+    preview: np.ndarray | None = field(default=None, repr=False, compare=False)
+    info: dict = field(default_factory=dict)
+
+    @property
+    def fraction(self) -> float | None:
+        return None if not self.total else min(1.0, self.step / self.total)
+
+
+class StageClock:
+    """Builds events with elapsed time and a linear ETA for one stage."""
+
+    def __init__(self, stage: str, total: int = 0, *, time_budget: float | None = None):
+        self.stage, self.total, self.time_budget = stage, total, time_budget
+        self.start = time.perf_counter()
+
+    @property
+    def elapsed(self) -> float:
+        return time.perf_counter() - self.start
+
+    def event(self, step: int, *, loss: float | None = None, preview=None, total: int | None = None,
+              **info) -> ProgressEvent:
+        total = self.total if total is None else total
+        elapsed = self.elapsed
+        eta = None
+        if total and step > 0:
+            eta = elapsed / step * max(0, total - step)
+        if self.time_budget is not None:
+            left = max(0.0, self.time_budget - elapsed)
+            eta = left if eta is None else min(eta, left)
+        return ProgressEvent(self.stage, step, total, loss, elapsed, eta, preview, info)
+
+
+def run(gen: Generator[ProgressEvent, None, T], on_event: Callable[[ProgressEvent], Any] | None = None) -> T:
+    """Consume a progress generator and return its result, calling ``on_event`` for each event."""
+    while True:
+        try:
+            event = next(gen)
+        except StopIteration as stop:
+            return stop.value
+        if on_event is not None:
+            on_event(event)
+
+
+def run_with_bar(gen: Generator[ProgressEvent, None, T], *, disable: bool = False) -> T:
+    """Consume a progress generator with one tqdm bar per stage (on stderr); returns its result."""
+    import sys
+
+    from tqdm import tqdm
+
+    bars: dict[str, tqdm] = {}
+
+    def show(ev: ProgressEvent) -> None:
+        bar = bars.get(ev.stage)
+        if bar is None:
+            bar = bars[ev.stage] = tqdm(total=ev.total or None, desc=ev.stage, unit="step", file=sys.stderr,
+                                        disable=disable, dynamic_ncols=True)
+        if ev.total and bar.total != ev.total:
+            bar.total = ev.total
+        bar.n = ev.step
+        if ev.loss is not None:
+            bar.set_postfix(loss=f"{ev.loss:.4g}", refresh=False)
+        bar.refresh()
+
+    try:
+        return run(gen, show)
+    finally:
+        for bar in bars.values():
+            bar.close()

@@ -1,0 +1,259 @@
+"""The self-supervised engine: masks, losses, training, tiled prediction, model files, cancel."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import numpy as np
+import pytest
+import torch
+from scipy.ndimage import gaussian_filter
+
+from napari_cryoden import metrics
+from napari_cryoden.denoise import get_method, methods
+from napari_cryoden.denoise.engine import (
+    FourierN2NParams,
+    HalvesParams,
+    Self2SelfParams,
+    TrainedDenoiser,
+    _make_pair,
+    default_params,
+    iter_predict,
+    iter_predict_to_file,
+    iter_train,
+)
+from napari_cryoden.denoise.masks import bernoulli_mask, fourier_mask, low_frequency_radius
+from napari_cryoden.denoise.normalize import fit_normalization
+from napari_cryoden.denoise.tiling import blend_window, iter_predict_tiled, tile_starts
+from napari_cryoden.io.mrc import read_mrc, write_mrc
+from napari_cryoden.models import load_model, save_model
+from napari_cryoden.progress import ProgressEvent, run
+
+
+# ---------------------------------------------------------------------------------------------- masks
+def test_bernoulli_mask_keeps_the_requested_fraction():
+    g = torch.Generator().manual_seed(0)
+    m = bernoulli_mask((4, 1, 32, 32, 32), 0.7, generator=g)
+    assert set(torch.unique(m).tolist()) == {0.0, 1.0}
+    assert float(m.mean()) == pytest.approx(0.7, abs=0.01)
+
+
+def test_block_mask_drops_whole_z_columns():
+    g = torch.Generator().manual_seed(0)
+    m = bernoulli_mask((2, 1, 24, 16, 16), 0.6, generator=g, block=(3, 1, 1))
+    assert m.shape == (2, 1, 24, 16, 16)
+    assert float(m.mean()) == pytest.approx(0.6, abs=0.05)
+    # Along z, runs of equal values have length 3 (except where the random phase cuts the first/last run).
+    col = m[0, 0, :, 5, 5].numpy()
+    changes = np.flatnonzero(np.diff(col) != 0)
+    assert np.all(np.diff(changes) % 3 == 0)
+
+
+def test_fourier_mask_keeps_the_low_frequency_ball_and_half_the_blocks():
+    g = torch.Generator().manual_seed(1)
+    shape = (8, 1, 64, 64, 64)
+    m = fourier_mask(shape, keep_probability=0.5, block=8, low_frequency_fraction=0.07, flip_probability=0.1,
+                     generator=g)
+    assert m.shape == (8, 1, 64, 64, 33)
+    kz = torch.fft.fftfreq(64)[:, None, None]
+    ky = torch.fft.fftfreq(64)[None, :, None]
+    kx = torch.fft.rfftfreq(64)[None, None, :]
+    r = torch.sqrt(kz**2 + ky**2 + kx**2)
+    ball = r <= low_frequency_radius(3, 0.07)
+    assert bool((m[:, :, ball] == 1).all())
+    outside = m[:, :, ~ball]
+    assert float((outside != 0).float().mean()) == pytest.approx(0.5, abs=0.05)
+    kept = outside[outside != 0]
+    assert float((kept < 0).float().mean()) == pytest.approx(0.1, abs=0.02)
+
+
+def test_self2self_loss_only_sees_the_dropped_voxels():
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(2, 1, 16, 16, 16)
+    p = Self2SelfParams(keep_probability=0.7)
+    inp, target, weights = _make_pair("self2self", x, p, patch_spatial=(16, 16, 16), generator=g, block=None)
+    mask = inp[:, 1:2]
+    assert torch.equal(weights, 1 - mask)
+    assert torch.equal(inp[:, :1] * (1 - mask), torch.zeros_like(x))  # the network never sees dropped voxels
+    # Changing the target where voxels were kept does not change the loss.
+    out = torch.randn_like(x)
+
+    def loss(t):
+        return float(((out - t) ** 2 * weights).sum() / weights.sum())
+
+    assert loss(target) == pytest.approx(loss(target + 5.0 * mask))
+    assert loss(target) != pytest.approx(loss(target + 5.0 * (1 - mask)))
+
+
+# ----------------------------------------------------------------------------------------- training
+@pytest.fixture(scope="module")
+def noisy_volume():
+    rng = np.random.default_rng(3)
+    clean = gaussian_filter(rng.normal(size=(24, 48, 48)), 2.5)
+    clean = (clean - clean.mean()) / clean.std()
+    noisy = clean + rng.normal(scale=1.5, size=clean.shape)
+    return clean.astype(np.float32), noisy.astype(np.float32)
+
+
+@pytest.mark.parametrize("method", ["self2self", "fourier-n2n"])
+def test_a_short_training_beats_the_raw_input(noisy_volume, method):
+    clean, noisy = noisy_volume
+    params = default_params(method, dims=3, patch_size=16, batch_size=8, time_budget=0, epochs=4,
+                            base_channels=8, depth=2, n_predictions=4, learning_rate=2e-3)
+    events: list[ProgressEvent] = []
+    model = run(iter_train(noisy, params, method=method, seed=0), events.append)
+    assert events and events[-1].stage == "train" and events[-1].total == events[-1].step
+    assert all(np.isfinite(e.loss) for e in events)
+    denoised = run(iter_predict(model, noisy, seed=0))
+    assert denoised.shape == noisy.shape and denoised.dtype == np.float32
+    assert metrics.psnr(clean, denoised, fit=True) > metrics.psnr(clean, noisy, fit=True) + 2.0
+
+
+def test_n2n_halves_and_2d_stacks(noisy_volume):
+    clean, noisy = noisy_volume
+    rng = np.random.default_rng(0)
+    half1 = clean + rng.normal(scale=2.0, size=clean.shape).astype(np.float32)
+    half2 = clean + rng.normal(scale=2.0, size=clean.shape).astype(np.float32)
+    params = default_params("n2n-halves", dims=2, patch_size=32, batch_size=8, time_budget=0, epochs=3,
+                            base_channels=8, depth=2, learning_rate=2e-3)
+    model = run(iter_train(half1, params, method="n2n-halves", half2=half2, is_stack=True, seed=0))
+    assert model.net_config.dims == 2
+    out = run(iter_predict(model, half1, half2=half2, is_stack=True))
+    average = (half1 + half2) / 2
+    assert metrics.psnr(clean, out, fit=True) > metrics.psnr(clean, average, fit=True)
+
+
+def test_same_seed_same_result(noisy_volume):
+    _, noisy = noisy_volume
+    params = default_params("self2self", dims=3, patch_size=16, batch_size=2, time_budget=0, epochs=1,
+                            base_channels=4, depth=2, n_predictions=2)
+    a = run(iter_predict(run(iter_train(noisy[:16, :32, :32], params, method="self2self", seed=5)),
+                         noisy[:16, :32, :32], seed=1))
+    b = run(iter_predict(run(iter_train(noisy[:16, :32, :32], params, method="self2self", seed=5)),
+                         noisy[:16, :32, :32], seed=1))
+    np.testing.assert_array_equal(a, b)
+
+
+def test_normalisation_is_undone(noisy_volume):
+    _, noisy = noisy_volume
+    scaled = noisy * 1000.0 + 5000.0
+    params = default_params("fourier-n2n", dims=3, patch_size=16, batch_size=2, time_budget=0, epochs=1,
+                            base_channels=4, depth=2, n_predictions=1)
+    out = run(iter_predict(run(iter_train(scaled, params, method="fourier-n2n")), scaled))
+    assert abs(out.mean() - scaled.mean()) < 0.2 * scaled.std()
+    norm = fit_normalization(scaled)
+    np.testing.assert_allclose(norm.invert(norm.apply(scaled[0, 0, :5])), np.clip(scaled[0, 0, :5], norm.low,
+                                                                                   norm.high), rtol=1e-5)
+
+
+# ----------------------------------------------------------------------------------------- tiling
+def test_tile_starts_cover_everything():
+    for length, tile, overlap in [(100, 32, 8), (32, 32, 8), (10, 32, 8), (65, 16, 0)]:
+        starts = tile_starts(length, tile, overlap)
+        covered = np.zeros(length, bool)
+        for s in starts:
+            covered[s:s + tile] = True
+        assert covered.all() and starts[-1] + min(tile, length) == length
+
+
+def test_blending_has_no_seams_on_a_ramp():
+    z, y, x = np.mgrid[:37, :50, :45].astype(np.float32)
+    ramp = 0.3 * z + 0.1 * y - 0.2 * x + 5
+    out = run(iter_predict_tiled(lambda b: b[:, 0] * 2 + 1, ramp, tile=(16, 16, 16), overlap=(4, 4, 4)))
+    np.testing.assert_allclose(out, ramp * 2 + 1, rtol=1e-5, atol=1e-4)
+    w = blend_window((16, 16, 16), (4, 4, 4))
+    assert w.min() > 0 and w.max() == 1.0
+
+
+def test_tiled_prediction_matches_untiled(noisy_volume):
+    _, noisy = noisy_volume
+    params = default_params("n2n-halves", dims=3, patch_size=16, batch_size=2, time_budget=0, epochs=1,
+                            base_channels=4, depth=2, dropout=0.0)
+    model = run(iter_train(noisy, params, method="n2n-halves", half2=noisy))
+    whole = run(iter_predict(model, noisy, tile_size=64))
+    tiled = run(iter_predict(model, noisy, tile_size=32))  # 2 x 2 x 1 tiles with 16-voxel overlaps
+    # Zero padding at tile borders differs from the whole-volume pass only in low-weight margins.
+    assert np.abs(whole - tiled).mean() < 0.005 * whole.std()
+    assert np.abs(whole - tiled).max() < 0.05 * whole.std()
+
+
+# ------------------------------------------------------------------------------------------ models
+def test_model_round_trip_and_continue_training(tmp_path, noisy_volume):
+    _, noisy = noisy_volume
+    params = default_params("self2self", dims=3, patch_size=16, batch_size=2, time_budget=0, epochs=1,
+                            base_channels=4, depth=2, n_predictions=2)
+    model = run(iter_train(noisy, params, method="self2self", seed=0, voxel_size=(10.0, 10.0, 10.0)))
+    path = save_model(tmp_path / "m.pt", model.to_model_file())
+    loaded = TrainedDenoiser.load(path)
+    assert loaded.method == "self2self" and loaded.params == params and loaded.voxel_size == (10.0, 10.0, 10.0)
+    for k, v in model.net.state_dict().items():
+        torch.testing.assert_close(v, loaded.net.state_dict()[k])
+    np.testing.assert_array_equal(run(iter_predict(model, noisy, seed=3)), run(iter_predict(loaded, noisy, seed=3)))
+    steps_before = len(loaded.history)
+    more = run(iter_train(noisy, params, method="self2self", model=loaded, seed=1))
+    assert len(more.history) > steps_before
+    with pytest.raises(Exception, match="not a denoise model"):
+        TrainedDenoiser.load(save_model(tmp_path / "x.pt", dataclasses.replace(load_model(path), kind="align/udl")))
+
+
+# ------------------------------------------------------------------------------------------- files
+def test_cancel_leaves_no_output_and_finished_run_keeps_voxel_size(tmp_path, noisy_volume):
+    _, noisy = noisy_volume
+    params = default_params("fourier-n2n", dims=3, patch_size=16, batch_size=2, time_budget=0, epochs=1,
+                            base_channels=4, depth=2, n_predictions=1)
+    model = run(iter_train(noisy, params, method="fourier-n2n"))
+    gen = iter_predict_to_file(model, noisy, tmp_path / "out.mrc", voxel_size=(7.0, 7.0, 7.0), origin=(1, 2, 3),
+                               labels=["hello"])
+    next(gen)
+    gen.close()  # what a Cancel does
+    assert list(tmp_path.iterdir()) == []
+    path = run(iter_predict_to_file(model, noisy, tmp_path / "out.mrc", voxel_size=(7.0, 7.0, 7.0),
+                                    origin=(1, 2, 3), labels=["hello"]))
+    m = read_mrc(path)
+    assert m.voxel_size == (7.0, 7.0, 7.0) and m.origin == (1.0, 2.0, 3.0) and "hello" in m.labels
+
+
+def test_registry_lists_the_self_supervised_methods():
+    names = methods()
+    for name, cls in [("self2self", Self2SelfParams), ("fourier-n2n", FourierN2NParams), ("n2n-halves", HalvesParams)]:
+        assert names[name].params is cls and names[name].family == "self-supervised"
+    with pytest.raises(KeyError, match="unknown denoising method"):
+        get_method("nope")
+
+
+def test_cli_denoise_keeps_voxel_size_and_refuses_bad_input(tmp_path, noisy_volume, capsys):
+    from napari_cryoden.cli import main
+
+    _, noisy = noisy_volume
+    write_mrc(tmp_path / "v.mrc", noisy, voxel_size=4.5, labels=["acquired"])
+    rc = main(["-q", "denoise", str(tmp_path / "v.mrc"), "-o", str(tmp_path / "d.mrc"), "--method", "self2self",
+               "--epochs", "1", "--time-budget", "0", "--patch-size", "16", "--base-channels", "4", "--depth", "2",
+               "--n-predictions", "1", "--save-model", str(tmp_path / "m.pt")])
+    assert rc == 0
+    out = read_mrc(tmp_path / "d.mrc")
+    assert out.voxel_size == (4.5, 4.5, 4.5) and out.data.shape == noisy.shape and "acquired" in out.labels
+    rc = main(["-q", "denoise", str(tmp_path / "v.mrc"), "-o", str(tmp_path / "p.mrc"), "--method", "self2self",
+               "--model", str(tmp_path / "m.pt"), "--predict-only"])
+    assert rc == 0 and (tmp_path / "p.mrc").exists()
+    capsys.readouterr()
+    bad = noisy.copy()
+    bad[3, 3, 3] = np.nan
+    write_mrc(tmp_path / "nan.mrc", bad, voxel_size=1.0)
+    assert main(["denoise", str(tmp_path / "nan.mrc"), "-o", str(tmp_path / "n.mrc"), "--method", "self2self"]) == 2
+    assert "nan.mrc: contains NaN" in capsys.readouterr().err
+    assert main(["denoise", str(tmp_path / "v.mrc"), "-o", str(tmp_path / "v.mrc"), "--method", "self2self"]) == 2
+    assert main(["denoise", str(tmp_path / "v.mrc"), "-o", str(tmp_path / "q.mrc"), "--method", "self2self",
+                 "--predict-only"]) == 2
+    assert not (tmp_path / "n.mrc").exists() and not (tmp_path / "q.mrc").exists()
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_cuda_train_and_predict_match_cpu_shapes(noisy_volume):
+    clean, noisy = noisy_volume
+    params = default_params("self2self", dims=3, patch_size=16, batch_size=8, time_budget=0, epochs=4,
+                            base_channels=8, depth=2, n_predictions=4, learning_rate=2e-3)
+    model = run(iter_train(noisy, params, method="self2self", device="cuda"))
+    out = run(iter_predict(model, noisy, device="cuda"))
+    assert out.shape == noisy.shape
+    assert metrics.psnr(clean, out, fit=True) > metrics.psnr(clean, noisy, fit=True)

@@ -1,0 +1,114 @@
+"""The Denoise dock widget in a real viewer: train and predict, cancel, models, bad input."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from scipy.ndimage import gaussian_filter
+
+from napari_cryoden import metrics
+
+PLUGIN = "napari-cryoden"
+
+
+@pytest.fixture
+def noisy_layers(make_napari_viewer):
+    viewer = make_napari_viewer()
+    rng = np.random.default_rng(0)
+    clean = gaussian_filter(rng.normal(size=(16, 48, 48)), 2.0)
+    clean = ((clean - clean.mean()) / clean.std()).astype(np.float32)
+    noisy = (clean + rng.normal(scale=1.2, size=clean.shape)).astype(np.float32)
+    layer = viewer.add_image(noisy, name="noisy", scale=(5.0, 5.0, 5.0), metadata={"voxel_size": (5.0, 5.0, 5.0)})
+    return viewer, layer, clean
+
+
+def _widget(viewer):
+    _, widget = viewer.window.add_plugin_dock_widget(PLUGIN, "Denoise")
+    return widget
+
+
+def _small(widget, method="self2self", **extra):
+    widget.method.value = method
+    values = {**dict(patch_size=16, batch_size=4, epochs=2, time_budget=0.0, base_channels=8, depth=2,
+                     n_predictions=2, learning_rate=2e-3), **extra}
+    names = {w.name for w in widget.form}
+    for name, value in values.items():
+        if name in names:
+            widget.form[name].value = value
+
+
+def test_train_and_predict_adds_a_denoised_layer(noisy_layers, qtbot):
+    viewer, layer, clean = noisy_layers
+    widget = _widget(viewer)
+    widget.image.value = layer
+    _small(widget)
+    events = []
+    widget.runner.on_event = lambda ev: (events.append(ev), widget._on_event(ev))
+    widget.run("both")
+    qtbot.waitUntil(lambda: widget.runner.worker is None, timeout=300_000)
+    out = viewer.layers["noisy denoised (self2self)"]
+    assert out.data.shape == layer.data.shape
+    np.testing.assert_allclose(out.scale, layer.scale)
+    assert out.metadata["method"] == "self2self" and out.metadata["params"]["patch_size"] == 16
+    assert out.contrast_limits[0] < out.contrast_limits[1]
+    assert any(e.stage == "train" for e in events) and any(e.stage == "predict" for e in events)
+    assert widget.model is not None and widget.predict_button.enabled
+    assert widget.progress.bar.format() == "done"
+    assert metrics.psnr(clean, out.data, fit=True) > metrics.psnr(clean, layer.data, fit=True)
+
+
+def test_cancel_stops_and_adds_nothing(noisy_layers, qtbot):
+    viewer, layer, _ = noisy_layers
+    widget = _widget(viewer)
+    widget.image.value = layer
+    _small(widget, epochs=1000)
+    n_layers = len(viewer.layers)
+    widget.run("both")
+    qtbot.waitUntil(lambda: widget.progress.bar.value() > 0, timeout=60_000)
+    widget.progress.cancel_button.click()
+    qtbot.waitUntil(lambda: widget.runner.worker is None, timeout=30_000)
+    qtbot.wait(300)
+    assert len(viewer.layers) == n_layers
+    assert widget.model is None
+
+
+def test_save_and_load_model_then_predict(noisy_layers, qtbot, tmp_path):
+    viewer, layer, _ = noisy_layers
+    widget = _widget(viewer)
+    widget.image.value = layer
+    _small(widget, method="fourier-n2n")
+    widget.run("train")
+    qtbot.waitUntil(lambda: widget.runner.worker is None, timeout=300_000)
+    assert widget.model is not None and "noisy denoised (fourier-n2n)" not in viewer.layers
+    widget.save_model_to(str(tmp_path / "m.pt"))
+    assert (tmp_path / "m.pt").exists()
+    other = _widget(viewer)
+    other.image.value = layer
+    other.load_model_from(str(tmp_path / "m.pt"))
+    assert other.method.value == "fourier-n2n" and other.model is not None
+    other.run("predict")
+    qtbot.waitUntil(lambda: other.runner.worker is None, timeout=300_000)
+    assert "noisy denoised (fourier-n2n)" in viewer.layers
+
+
+def test_bad_input_is_a_notification_not_a_crash(make_napari_viewer, qtbot, monkeypatch):
+    from napari_cryoden._plugin.widgets import denoise as module
+
+    shown = []
+    monkeypatch.setattr(module, "notify_error", lambda exc: shown.append(str(exc)))
+    viewer = make_napari_viewer()
+    bad = np.ones((8, 32, 32), np.float32)
+    bad[2, 3, 4] = np.nan
+    viewer.add_image(bad, name="has nan")
+    widget = _widget(viewer)
+    widget.image.value = viewer.layers["has nan"]
+    widget.run("both")
+    assert shown and "has nan" in shown[-1] and "NaN" in shown[-1]
+    viewer.add_image(np.ones((8, 32, 32), np.float32), name="fine")
+    widget.image.value = viewer.layers["fine"]
+    widget.method.value = "self2self"
+    widget.run("predict")
+    assert "train or load a model first" in shown[-1]
+    widget.load_model_from("/nonexistent/model.pt")
+    assert "model file not found" in shown[-1]
+    assert widget.runner.worker is None and len(viewer.layers) == 2
