@@ -1,5 +1,13 @@
 """Rigid 2D alignment of particle images (in-plane rotation + shift)."""
 
+from .cross_correlation import (
+    ClassicalParams,
+    align_reference_free,
+    align_to_reference,
+    iter_align_reference_free,
+    iter_align_to_reference,
+)
+from .result import AlignmentResult
 from .transforms import (
     align_images,
     fourier_shift,
@@ -8,4 +16,20 @@ from .transforms import (
     transform_images,
 )
 
-__all__ = ["align_images", "fourier_shift", "relion_euler_matrix", "rotate_images", "transform_images"]
+#: Alignment methods by name (the CLI's --method choices).
+METHODS = ("fft", "udl", "judl")
+
+__all__ = [
+    "METHODS",
+    "AlignmentResult",
+    "ClassicalParams",
+    "align_images",
+    "align_reference_free",
+    "align_to_reference",
+    "fourier_shift",
+    "iter_align_reference_free",
+    "iter_align_to_reference",
+    "relion_euler_matrix",
+    "rotate_images",
+    "transform_images",
+]

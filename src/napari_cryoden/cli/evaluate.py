@@ -60,7 +60,21 @@ def cmd_evaluate_fsc(args) -> int:
     return 0
 
 
+def _similarity(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """Normalised cross-correlation (Pearson, at zero shift) of images, pair by pair along the first axis."""
+    a = a.reshape(len(a), -1) - a.reshape(len(a), -1).mean(1, keepdims=True)
+    b = b.reshape(len(b), -1) - b.reshape(len(b), -1).mean(1, keepdims=True)
+    return (a * b).sum(1) / np.maximum(np.linalg.norm(a, axis=1) * np.linalg.norm(b, axis=1), 1e-12)
+
+
 def cmd_evaluate_alignment(args) -> int:
+    """Errors against the truth after removing the one global rotation (and the shift that goes with it).
+
+    A reference-free result may describe the particles relative to the true reference turned by ``delta``
+    and moved by ``c``: then ``psi_est = psi - delta`` and ``o_est = o - R(-psi) c`` (``docs/align.md``).
+    The offset is the circular median of the angle differences; ``c`` is the median of
+    ``-R(psi) (o_est - o)``.
+    """
     from .. import metrics
     from ..io.star import read_star
 
@@ -72,14 +86,46 @@ def cmd_evaluate_alignment(args) -> int:
         if missing:
             raise CryodenInputError(name, f"lacks columns {sorted(missing)}")
     apix = truth.pixel_size()
-    t_psi, e_psi = truth.particles["rlnAnglePsi"].to_numpy(), est.particles["rlnAnglePsi"].to_numpy()
+    t_psi, e_psi = truth.particles["rlnAnglePsi"].to_numpy(float), est.particles["rlnAnglePsi"].to_numpy(float)
+    to_px = lambda t: t.particles[["rlnOriginXAngst", "rlnOriginYAngst"]].to_numpy(float) / apix  # noqa: E731
+    t_o, e_o = to_px(truth), to_px(est)
+    raw_ang = metrics.angular_error(e_psi, t_psi, symmetry=args.symmetry)
+    raw_shift = metrics.shift_error(e_o, t_o)
     offset, corrected = metrics.remove_global_rotation(e_psi, t_psi, symmetry=args.symmetry)
     ang = metrics.angular_error(corrected, t_psi, symmetry=args.symmetry)
-    to_px = lambda t: t.particles[["rlnOriginXAngst", "rlnOriginYAngst"]].to_numpy() / apix  # noqa: E731
-    shift = metrics.shift_error(to_px(est), to_px(truth))
-    rows = {"particles": len(truth), "global rotation removed (deg)": offset,
+    # The shift that goes with the global rotation: o_est - o = -R(-psi) c, so c = -R(psi) (o_est - o).
+    th = np.deg2rad(t_psi)
+    d = e_o - t_o
+    cx = -(np.cos(th) * d[:, 0] - np.sin(th) * d[:, 1])
+    cy = -(np.sin(th) * d[:, 0] + np.cos(th) * d[:, 1])
+    c = np.array([np.median(cx), np.median(cy)])
+    back = np.stack([np.cos(th) * c[0] + np.sin(th) * c[1], -np.sin(th) * c[0] + np.cos(th) * c[1]], 1)
+    shift = metrics.shift_error(e_o + back, t_o)
+    rows = {"particles": len(truth), "symmetry": args.symmetry,
             "median angular error (deg)": float(np.median(ang)), "mean angular error (deg)": float(np.mean(ang)),
-            "median shift error (px)": float(np.median(shift)), "mean shift error (px)": float(np.mean(shift))}
+            "median shift error (px)": float(np.median(shift)), "mean shift error (px)": float(np.mean(shift)),
+            "global rotation removed (deg)": offset, "global shift removed x (px)": float(c[0]),
+            "global shift removed y (px)": float(c[1]),
+            "median angular error, raw (deg)": float(np.median(raw_ang)),
+            "median shift error, raw (px)": float(np.median(raw_shift))}
+    if args.aligned:
+        aligned = read_array(args.aligned)
+        stack = np.asarray(aligned.data, dtype=np.float64)
+        if stack.ndim != 3 or len(stack) != len(truth):
+            raise CryodenInputError(args.aligned, f"expected a stack of {len(truth)} aligned images, got shape "
+                                                  f"{stack.shape}")
+        if args.reference:
+            ref = read_array(args.reference)
+            r = np.asarray(ref.data, dtype=np.float64)
+            if r.shape != stack.shape[1:]:
+                raise CryodenInputError(args.reference, f"a 2D reference of {stack.shape[1:]} is needed, got "
+                                                        f"shape {r.shape}")
+            sim = _similarity(stack, np.broadcast_to(r, stack.shape))
+            rows["mean similarity to reference"] = float(sim.mean())
+            rows["median similarity to reference"] = float(np.median(sim))
+        if len(stack) > 1:
+            pair = _similarity(stack[:-1], stack[1:])
+            rows["mean similarity of consecutive images"] = float(pair.mean())
     print(json.dumps(rows)) if args.json else print_table(rows)
     return 0
 
@@ -122,6 +168,8 @@ def register(commands: dict) -> None:
     p.add_argument("--truth", required=True)
     p.add_argument("--estimate", required=True)
     p.add_argument("--symmetry", type=int, default=1, help="in-plane symmetry order n (errors modulo 360/n)")
+    p.add_argument("--aligned", help="aligned stack (.mrcs): similarity of consecutive aligned images")
+    p.add_argument("--reference", help="with --aligned: similarity of each aligned image to this 2D reference")
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_evaluate_alignment)
 

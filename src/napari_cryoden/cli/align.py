@@ -1,0 +1,187 @@
+"""`cryoden align`: in-plane alignment of a particle stack (classical FFT, UDL or JUDL) to RELION STAR."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+
+from ..errors import CryodenInputError
+from ._common import check_outputs, positive_float, positive_int
+
+#: The per-particle score column written (normalised cross-correlation with the rotated, shifted reference).
+SCORE_COLUMN = "rlnCryodenScore"
+
+
+def _read_reference(path: str, box: int, pixel_size: float) -> np.ndarray:
+    """A 2D reference image, or the projection along z of a 3D map, of the particles' box size."""
+    from ..errors import require_finite
+    from ..io.mrc import read_mrc
+
+    m = read_mrc(path, mmap=False)
+    data = np.asarray(m.data, dtype=np.float32)
+    require_finite(data, name=path)
+    if m.is_stack or data.ndim not in (2, 3):
+        raise CryodenInputError(path, f"the reference must be a 2D image or a 3D map, got an image stack of shape "
+                                      f"{data.shape}" if m.is_stack else f"unsupported shape {data.shape}")
+    if data.ndim == 3:
+        from ..simulate import project_map, resample_map
+
+        vol = resample_map(data, voxel_size=m.pixel_size, pixel_size=pixel_size, box=box)
+        data = project_map(vol, rot=0.0, tilt=0.0, psi=0.0)[0].astype(np.float32)
+    if data.shape != (box, box):
+        raise CryodenInputError(path, f"reference image is {data.shape[::-1]} pixels, the particles are {box}x{box}")
+    return data
+
+
+def _ctf_reader(table, box: int, pixel_size: float):
+    """Per-batch CTF from the table's defocus columns, or None when it has none."""
+    p = table.particles
+    if "rlnDefocusU" not in p:
+        return None
+    from ..simulate.ctf import ctf_2d
+
+    optics = table.optics.iloc[0]
+    du = p["rlnDefocusU"].to_numpy(float)
+    dv = p["rlnDefocusV"].to_numpy(float) if "rlnDefocusV" in p else du
+    da = p["rlnDefocusAngle"].to_numpy(float) if "rlnDefocusAngle" in p else np.zeros_like(du)
+
+    def read(start, stop):
+        return ctf_2d((box, box), pixel_size=pixel_size, defocus_u=du[start:stop], defocus_v=dv[start:stop],
+                      defocus_angle=da[start:stop], voltage=float(optics.get("rlnVoltage", 300.0)),
+                      cs=float(optics.get("rlnSphericalAberration", 2.7)),
+                      amplitude_contrast=float(optics.get("rlnAmplitudeContrast", 0.1))).astype(np.float32)
+
+    return read
+
+
+def _relative_image_names(table, out_star: Path):
+    """Image names resolved from the input and rewritten relative to the output STAR's folder."""
+    from ..io.star import parse_image_names, resolve_stack_path
+
+    names = table.particles["rlnImageName"].astype(str).to_numpy()
+    stacks, indices = parse_image_names(names, star_path=table.path)
+    cache: dict[str, str] = {}
+    out = []
+    base = table.path if table.path is not None and table.path.suffix.lower() in (".star", ".xmd") else None
+    for stack, idx in zip(stacks, indices):
+        if stack not in cache:
+            path = resolve_stack_path(stack, base) if base is not None else (table.path.parent / stack)
+            cache[stack] = os.path.relpath(Path(path).resolve(), out_star.resolve().parent)
+        out.append(f"{idx + 1:06d}@{cache[stack]}")
+    return out
+
+
+def cmd_align(args) -> int:
+    from ..align.cross_correlation import ClassicalParams, iter_align_reference_free, iter_align_to_reference
+    from ..align.sources import open_particles
+    from ..device import describe_device, resolve_device
+    from ..io.mrc import MrcWriter, write_mrc
+    from ..io.star import write_star
+    from ..params import validate
+    from ..progress import run_with_bar
+
+    inputs = [p for p in (args.input, args.reference, args.model) if p]
+    check_outputs((args.output, args.aligned, args.average, args.save_model), inputs=inputs)
+    if not str(args.output).lower().endswith(".star"):
+        raise CryodenInputError(args.output, "the output must be a .star file")
+    if not Path(args.input).exists():
+        raise CryodenInputError(args.input, "file not found")
+    particles = open_particles(args.input)
+    source, table = particles.source, particles.table
+    n, box, apix = len(source), source.box, source.pixel_size
+    source.read(0, min(n, 1))  # fail early on unreadable images
+    reference = _read_reference(args.reference, box, apix) if args.reference else None
+    device = resolve_device(args.device, need_fft=True)
+    print(f"aligning {n} particles of {box}x{box} px ({apix:.4g} Å) with {args.method} on {describe_device(device)}")
+    try:
+        params = validate(ClassicalParams(max_shift=args.max_shift if args.max_shift is not None else box / 4,
+                                          symmetry=args.symmetry, batch_size=args.batch_size, seed=args.seed))
+    except ValueError as exc:
+        raise CryodenInputError(None, str(exc)) from exc
+    ctf = _ctf_reader(table, box, apix) if args.ctf else None
+    disable = bool(getattr(args, "quiet", False))
+    writer = MrcWriter(args.aligned, (n, box, box), voxel_size=apix, is_stack=True, inputs=inputs) \
+        if args.aligned else None
+    aligned_out = writer.__enter__() if writer is not None else None
+    try:
+        if args.method == "fft":
+            gen = (iter_align_to_reference(source, reference, params, device=device, ctf=ctf, keep_aligned=False,
+                                           aligned_out=aligned_out) if reference is not None else
+                   iter_align_reference_free(source, params, device=device, ctf=ctf, keep_aligned=False,
+                                             aligned_out=aligned_out))
+            result = run_with_bar(gen, disable=disable)
+        else:
+            result = _run_deep(args, source, reference, params, device, ctf, aligned_out, inputs, disable)
+    except BaseException as exc:
+        if writer is not None:
+            writer.__exit__(type(exc), exc, exc.__traceback__)
+        raise
+    if writer is not None:
+        writer.__exit__(None, None, None)
+        print(f"wrote aligned stack: {args.aligned}")
+
+    out = Path(args.output)
+    rows = table.particles.copy()
+    rows["rlnImageName"] = _relative_image_names(table, out)
+    rows["rlnAnglePsi"] = result.angles
+    rows["rlnOriginXAngst"] = result.origins[:, 0] * apix
+    rows["rlnOriginYAngst"] = result.origins[:, 1] * apix
+    rows[SCORE_COLUMN] = result.scores
+    write_star(out, table.with_particles(rows), inputs=inputs)
+    print(f"wrote {out} (rlnAnglePsi, rlnOriginXAngst, rlnOriginYAngst, {SCORE_COLUMN})")
+    if args.average:
+        write_mrc(args.average, result.average, voxel_size=apix, inputs=inputs)
+        print(f"wrote average: {args.average}")
+    print(f"mean score {float(np.mean(result.scores)):.4f}; {result.info.get('seconds', 0):.1f} s")
+    return 0
+
+
+def _run_deep(args, source, reference, params, device, ctf, aligned_out, inputs, disable):
+    from ..align.udl import DeepAlignParams, iter_align_with_model, iter_train
+    from ..models import load_model, save_model
+    from ..params import validate
+    from ..progress import run_with_bar
+
+    kind = f"align/{args.method}"
+    model = load_model(args.model, kind=kind) if args.model else None
+    if model is not None and model.kind != kind:
+        raise CryodenInputError(args.model, f"is a {model.kind} model; --method {args.method} needs {kind}")
+    train = model is None or args.epochs is not None or args.time_budget is not None
+    if train:
+        deep = validate(DeepAlignParams(epochs=args.epochs or 3, time_budget=args.time_budget, seed=args.seed))
+        model = run_with_bar(iter_train(source, reference, deep, joint=args.method == "judl", device=device,
+                                        model=model), disable=disable)
+        if args.save_model:
+            save_model(args.save_model, model, inputs=inputs)
+            print(f"wrote model: {args.save_model}")
+    return run_with_bar(iter_align_with_model(source, model, reference, params, device=device, ctf=ctf,
+                                              keep_aligned=False, aligned_out=aligned_out), disable=disable)
+
+
+def register(commands: dict) -> None:
+    p = commands["root"].add_parser(
+        "align", help="align particles in plane (rotation + shift) to a reference or reference-free",
+        description="Align particle images in plane and write RELION 3.1 STAR parameters (rlnAnglePsi, "
+                    f"rlnOriginX/YAngst, {SCORE_COLUMN} = normalised cross-correlation), the aligned stack "
+                    "and the average. Convention: docs/conventions.md.")
+    p.add_argument("input", help="particles: .mrcs stack, RELION .star or Xmipp .xmd")
+    p.add_argument("-o", "--output", required=True, help="output STAR file")
+    p.add_argument("--method", choices=("fft", "udl", "judl"), default="fft",
+                   help="fft: classical Fourier cross-correlation (default); udl / judl: deep difference learning")
+    p.add_argument("--reference", help="2D reference image, or a 3D map (projected along z); none: reference-free")
+    p.add_argument("--aligned", help="write the aligned stack (.mrcs)")
+    p.add_argument("--average", help="write the average of the aligned particles (.mrc)")
+    p.add_argument("--max-shift", type=float, default=None,
+                   help="largest shift searched along x and y, pixels (default: box / 4)")
+    p.add_argument("--symmetry", type=positive_int, default=1, help="in-plane symmetry order n (angles modulo 360/n)")
+    p.add_argument("--ctf", action="store_true", help="use the STAR file's defocus as a matched filter")
+    p.add_argument("--model", help="trained udl/judl model to use (or to continue training with --epochs)")
+    p.add_argument("--save-model", help="write the trained udl/judl model")
+    p.add_argument("--epochs", type=positive_int, default=None, help="udl/judl training epochs (default 3)")
+    p.add_argument("--time-budget", type=positive_float, default=None, help="udl/judl: stop training after S seconds")
+    p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:1, mps")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--batch-size", type=positive_int, default=512, help="particles per batch")
+    p.set_defaults(func=cmd_align)

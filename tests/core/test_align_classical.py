@@ -1,0 +1,113 @@
+"""Classical alignment: known angles and shifts are recovered, in RELION's convention."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from napari_cryoden.align import (
+    ClassicalParams,
+    align_images,
+    align_reference_free,
+    align_to_reference,
+    transform_images,
+)
+from napari_cryoden.align.cross_correlation import rotational_average, symmetrize
+from napari_cryoden.metrics.alignment import angular_error, remove_global_rotation, shift_error
+from napari_cryoden.sample_data import builtin_map
+from napari_cryoden.simulate import project_map, resample_map, simulate_alignment_stack
+
+BOX = 48
+
+
+@pytest.fixture(scope="module")
+def reference() -> np.ndarray:
+    m = builtin_map()
+    vol = resample_map(np.asarray(m.data), voxel_size=m.pixel_size, pixel_size=m.pixel_size * 1.3, box=BOX)
+    return project_map(vol, rot=0.0, tilt=0.0, psi=0.0)[0].astype(np.float32)
+
+
+def _stack(reference, *, n=40, snr=None, seed=1, max_shift=5.0):
+    return simulate_alignment_stack(reference, pixel_size=1.0, n_per_image=n, max_shift=max_shift,
+                                    integer_shifts=False, ctf_mode="none", snr=snr, seed=seed)
+
+
+def test_noise_free_stack_is_recovered(reference):
+    sim = _stack(reference)
+    res = align_to_reference(sim.images, reference, ClassicalParams(max_shift=6))
+    assert np.median(angular_error(res.angles, sim.angles)) < 0.5
+    assert np.median(shift_error(res.origins, sim.origins)) < 0.1
+    assert res.scores.min() > 0.9
+    # The aligned stack is align_images with the found parameters, and its average is the reference.
+    np.testing.assert_allclose(res.aligned, align_images(sim.images, angles=res.angles, shifts=res.origins),
+                               atol=1e-4)
+    corr = np.corrcoef(res.average.ravel(), reference.ravel())[0, 1]
+    assert corr > 0.98
+
+
+def test_rotating_the_input_changes_the_estimates_by_that_angle(reference):
+    """particle'(p) = particle(R(g) p)  =>  psi' = psi + g and o' = R(-g) o (the convention test)."""
+    sim = _stack(reference, n=20, seed=3)
+    gamma = 37.0
+    rotated = transform_images(sim.images, angles=gamma)
+    p = ClassicalParams(max_shift=8)
+    a, b = align_to_reference(sim.images, reference, p), align_to_reference(rotated, reference, p)
+    assert np.median(angular_error(b.angles, a.angles + gamma)) < 0.5
+    g = np.deg2rad(gamma)
+    expected = np.stack([np.cos(g) * a.origins[:, 0] + np.sin(g) * a.origins[:, 1],
+                         -np.sin(g) * a.origins[:, 0] + np.cos(g) * a.origins[:, 1]], 1)
+    assert np.median(shift_error(b.origins, expected)) < 0.15
+
+
+def test_sign_of_angle_and_origin(reference):
+    """A particle made with psi = 30 and origin (3, -2) by the forward model reads back exactly so."""
+    particle = transform_images(reference, angles=30.0, shifts=(3.0, -2.0))
+    res = align_to_reference(particle[None], reference)
+    assert angular_error(res.angles[0], 30.0) < 0.3
+    np.testing.assert_allclose(res.origins[0], [3.0, -2.0], atol=0.1)
+
+
+def test_noisy_stack_and_max_shift(reference):
+    sim = _stack(reference, n=60, snr=1.0, seed=2)
+    res = align_to_reference(sim.images, reference, ClassicalParams(max_shift=6))
+    assert np.median(angular_error(res.angles, sim.angles)) < 2.0
+    assert np.median(shift_error(res.origins, sim.origins)) < 0.4
+    tight = align_to_reference(sim.images, reference, ClassicalParams(max_shift=2))
+    assert np.abs(tight.origins).max() <= 2.0 + 1.0  # sub-pixel refinement may step just past the limit
+
+
+def test_batches_give_the_same_result(reference):
+    sim = _stack(reference, n=15, snr=2.0)
+    a = align_to_reference(sim.images, reference, ClassicalParams(batch_size=4))
+    b = align_to_reference(sim.images, reference, ClassicalParams(batch_size=64))
+    np.testing.assert_allclose(a.angles, b.angles, atol=1e-3)
+    np.testing.assert_allclose(a.origins, b.origins, atol=1e-3)
+
+
+def test_reference_free_recovers_parameters_up_to_one_global_rotation(reference):
+    sim = _stack(reference, n=80, snr=2.0, seed=4, max_shift=4)
+    res = align_reference_free(sim.images, ClassicalParams(max_shift=6, iterations=5, seed_images=40))
+    offset, corrected = remove_global_rotation(res.angles, sim.angles)
+    assert np.median(angular_error(corrected, sim.angles)) < 1.0
+    # The average is the reference turned by the global rotation (estimate = truth + offset).
+    turned = transform_images(reference, angles=-offset)
+    assert np.corrcoef(res.reference.ravel(), turned.ravel())[0, 1] > 0.8
+    assert res.info["reference"] == "free"
+
+
+def test_bootstrap_start_is_not_one_image():
+    """The rotational average used to centre the bootstrap prefers no direction."""
+    img = np.zeros((32, 32), np.float32)
+    img[16, 20] = 1.0
+    ra = rotational_average(img)
+    np.testing.assert_allclose(ra, ra.T, atol=1e-6)
+    np.testing.assert_allclose(ra, ra[::-1, ::-1][np.r_[-1, :31]][:, np.r_[-1, :31]], atol=1e-6)
+
+
+def test_symmetry(reference):
+    sym = symmetrize(reference, 3)
+    sim = _stack(sym, n=30, seed=5)
+    res = align_to_reference(sim.images, sym, ClassicalParams(symmetry=3))
+    assert res.angles.max() < 120.0
+    assert np.median(angular_error(res.angles, sim.angles, symmetry=3)) < 0.5
+    assert np.median(shift_error(res.origins, sim.origins)) < 0.1

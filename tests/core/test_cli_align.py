@@ -1,0 +1,123 @@
+"""`cryoden align` end to end, in-process, on a tiny simulated stack; bad inputs exit 2 naming the file."""
+
+from __future__ import annotations
+
+import json
+import warnings
+
+import numpy as np
+import pytest
+import starfile
+
+from napari_cryoden.cli import main
+from napari_cryoden.io.mrc import read_mrc, write_mrc
+from napari_cryoden.metrics.alignment import angular_error, shift_error
+from napari_cryoden.sample_data import builtin_map
+from napari_cryoden.simulate import project_map, resample_map, simulate_alignment_stack
+
+BOX = 40
+
+
+@pytest.fixture(autouse=True)
+def _restore_showwarning():
+    saved = warnings.showwarning
+    yield
+    warnings.showwarning = saved
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("align")
+    m = builtin_map()
+    vol = resample_map(np.asarray(m.data), voxel_size=m.pixel_size, pixel_size=m.pixel_size * 1.5, box=BOX)
+    ref = project_map(vol, rot=0.0, tilt=0.0, psi=0.0)[0].astype(np.float32)
+    sim = simulate_alignment_stack(ref, pixel_size=2.0, n_per_image=30, max_shift=4, integer_shifts=False,
+                                   ctf_mode="none", snr=None, seed=0)
+    sim.save(tmp / "p.mrcs", tmp / "truth.star")
+    write_mrc(tmp / "ref.mrc", ref, voxel_size=2.0)
+    return tmp, sim
+
+
+def run(capsys, *argv):
+    try:
+        rc = main([str(a) for a in argv])
+    except SystemExit as exc:
+        rc = exc.code
+    out, err = capsys.readouterr()
+    return rc, out, err
+
+
+def test_align_stack_to_reference_writes_star_stack_and_average(data, capsys, tmp_path):
+    folder, sim = data
+    out = tmp_path / "out.star"
+    rc, _, err = run(capsys, "-q", "align", folder / "p.mrcs", "-o", out, "--reference", folder / "ref.mrc",
+                     "--aligned", tmp_path / "al.mrcs", "--average", tmp_path / "avg.mrc", "--max-shift", 6,
+                     "--device", "cpu")
+    assert rc == 0, err
+    star = starfile.read(out, always_dict=True)
+    parts = star["particles"]
+    for col in ("rlnImageName", "rlnAnglePsi", "rlnOriginXAngst", "rlnOriginYAngst", "rlnCryodenScore"):
+        assert col in parts
+    assert "optics" in star
+    origins = parts[["rlnOriginXAngst", "rlnOriginYAngst"]].to_numpy() / 2.0
+    assert np.median(angular_error(parts["rlnAnglePsi"].to_numpy(), sim.angles)) < 0.5
+    assert np.median(shift_error(origins, sim.origins)) < 0.1
+    aligned = read_mrc(tmp_path / "al.mrcs")
+    assert aligned.data.shape == sim.images.shape and aligned.pixel_size == pytest.approx(2.0)
+    assert read_mrc(tmp_path / "avg.mrc").data.shape == (BOX, BOX)
+    # Image names resolve from the output's folder.
+    assert (out.parent / parts["rlnImageName"].iloc[0].split("@")[1]).resolve() == (folder / "p.mrcs").resolve()
+    # Evaluate against the truth, with the original project's two similarity measures.
+    rc, stdout, err = run(capsys, "evaluate", "alignment", "--truth", folder / "truth.star", "--estimate", out,
+                          "--aligned", tmp_path / "al.mrcs", "--reference", folder / "ref.mrc", "--json")
+    assert rc == 0, err
+    rows = json.loads(stdout)
+    assert rows["median angular error (deg)"] < 0.5 and rows["median shift error (px)"] < 0.1
+    assert rows["mean similarity to reference"] > 0.9
+    assert rows["mean similarity of consecutive images"] > 0.9
+
+
+def test_align_star_reference_free_and_global_rotation_is_removed(data, capsys, tmp_path):
+    folder, sim = data
+    out = tmp_path / "free.star"
+    rc, _, err = run(capsys, "-q", "align", folder / "truth.star", "-o", out, "--max-shift", 6, "--device", "cpu")
+    assert rc == 0, err
+    rc, stdout, err = run(capsys, "evaluate", "alignment", "--truth", folder / "truth.star", "--estimate", out,
+                          "--json")
+    rows = json.loads(stdout)
+    assert rows["median angular error (deg)"] < 1.0
+    assert rows["median shift error (px)"] < 0.3
+
+
+def test_align_xmd_input(data, capsys, tmp_path):
+    folder, sim = data
+    xmd = tmp_path / "p.xmd"
+    lines = ["# XMIPP_STAR_1 *", "#", "data_noname", "loop_", " _image", " _enabled"]
+    lines += [f"{i + 1:06d}@{folder / 'p.mrcs'} 1" for i in range(len(sim.images))]
+    xmd.write_text("\n".join(lines) + "\n")
+    rc, _, err = run(capsys, "-q", "align", xmd, "-o", tmp_path / "x.star", "--reference", folder / "ref.mrc",
+                     "--device", "cpu")
+    assert rc == 0, err
+    parts = starfile.read(tmp_path / "x.star", always_dict=True)["particles"]
+    assert np.median(angular_error(parts["rlnAnglePsi"].to_numpy(), sim.angles)) < 0.5
+
+
+def test_bad_inputs_exit_2_naming_the_file(data, capsys, tmp_path):
+    folder, sim = data
+    missing = tmp_path / "nothere.mrcs"
+    rc, _, err = run(capsys, "align", missing, "-o", tmp_path / "o.star")
+    assert rc == 2 and str(missing) in err and err.count("\n") == 1
+    nan = sim.images.copy()
+    nan[3, 5, 5] = np.nan
+    write_mrc(tmp_path / "nan.mrcs", nan, voxel_size=2.0, is_stack=True)
+    rc, _, err = run(capsys, "align", tmp_path / "nan.mrcs", "-o", tmp_path / "o.star", "--reference",
+                     folder / "ref.mrc", "--device", "cpu")
+    assert rc == 2 and "nan.mrcs" in err and "NaN" in err
+    rc, _, err = run(capsys, "align", folder / "p.mrcs", "-o", tmp_path / "o.star", "--reference", folder / "p.mrcs")
+    assert rc == 2 and "p.mrcs" in err  # a stack is not a reference (and the output check names it first)
+    write_mrc(tmp_path / "big.mrc", np.zeros((64, 64), np.float32) + 1, voxel_size=2.0)
+    rc, _, err = run(capsys, "align", folder / "p.mrcs", "-o", tmp_path / "o.star", "--reference", tmp_path / "big.mrc")
+    assert rc == 2 and "big.mrc" in err
+    rc, _, err = run(capsys, "align", folder / "p.mrcs", "-o", folder / "p.mrcs")
+    assert rc == 2 and "p.mrcs" in err
+    assert not (tmp_path / "o.star").exists()
