@@ -95,7 +95,74 @@ def convention_figure() -> None:
     print(f"wrote {IMAGES / 'convention_psi_origin.png'}")
 
 
+def _run_and_wait(widget, call, timeout: float = 900.0) -> None:
+    import time
+
+    from qtpy.QtWidgets import QApplication
+
+    call()
+    start = time.time()
+    while widget.runner.worker is not None and time.time() - start < timeout:
+        QApplication.processEvents()
+        time.sleep(0.05)
+    for _ in range(10):
+        QApplication.processEvents()
+
+
+def widget_screenshots() -> None:
+    """One screenshot per dock widget, each after a real run on the sample data."""
+    import napari
+
+    viewer = napari.Viewer(show=True, title="napari-cryoden")
+    viewer.window._qt_window.resize(1500, 950)
+    _settle(viewer)
+
+    # Simulate -> a particle stack; Align it reference-free.
+    _, sim = viewer.window.add_plugin_dock_widget("napari-cryoden", "Simulate")
+    sim.kind.value = "particle stack"
+    sim.n.value, sim.snr.value = 100, 0.5
+    _run_and_wait(sim, sim.run)
+    _settle(viewer)
+    _save(viewer, "widget_simulate.png")
+    _, al = viewer.window.add_plugin_dock_widget("napari-cryoden", "Align")
+    al.stack.value = viewer.layers["particles SNR 0.5"]
+    _run_and_wait(al, al.run)
+    for name in ("particles SNR 0.5 aligned", "particles SNR 0.5 class references", "particles SNR 0.5 average"):
+        viewer.layers[name].visible = False
+    viewer.layers.selection.active = viewer.layers["particles SNR 0.5"]
+    viewer.dims.current_step = (4, 0, 0)
+    _settle(viewer)
+    _save(viewer, "widget_align.png")
+    viewer.window.remove_dock_widget("all")
+    viewer.layers.clear()
+
+    # Denoise the sample tomogram, then Compare with the clean volume.
+    viewer.open_sample("napari-cryoden", "synthetic-tomogram")
+    _, dn = viewer.window.add_plugin_dock_widget("napari-cryoden", "Denoise")
+    dn.image.value = viewer.layers["tomogram noisy"]
+    dn.method.value = "self2self"
+    for name, value in dict(time_budget=60.0, patch_size=32, n_predictions=4).items():
+        dn.form[name].value = value
+    _run_and_wait(dn, lambda: dn.run("both"))
+    viewer.grid.enabled = True
+    viewer.layers["tomogram clean"].visible = False
+    if "tomogram noisy preview" in viewer.layers:
+        viewer.layers["tomogram noisy preview"].visible = False
+    viewer.dims.current_step = (viewer.layers["tomogram noisy"].data.shape[0] // 2, 0, 0)
+    _settle(viewer)
+    _save(viewer, "widget_denoise.png")
+    viewer.window.remove_dock_widget("all")
+    _, cmp = viewer.window.add_plugin_dock_widget("napari-cryoden", "Compare")
+    cmp.reference.value = viewer.layers["tomogram clean"]
+    cmp.layers.value = ["tomogram noisy", "tomogram noisy denoised (self2self)"]
+    cmp.run()
+    _settle(viewer)
+    _save(viewer, "widget_compare.png")
+    viewer.close()
+
+
 if __name__ == "__main__":
     IMAGES.mkdir(exist_ok=True)
     convention_figure()
     sample_screenshots()
+    widget_screenshots()

@@ -26,5 +26,12 @@ def test_every_image_linked_from_the_docs_exists():
 
 
 def test_every_widget_and_reader_page_has_a_screenshot():
+    import yaml
+
     page = (DOCS / "getting-started.md").read_text()
     assert "images/sample_tomogram.png" in page and "images/sample_particles.png" in page
+    manifest = yaml.safe_load((DOCS.parent / "napari.yaml").read_text())
+    for widget in manifest["contributions"]["widgets"]:
+        doc = DOCS / f"widget-{widget['display_name'].lower()}.md"
+        assert doc.exists(), f"{widget['display_name']} has no docs page ({doc.name})"
+        assert re.search(r"!\[[^\]]*\]\(images/widget_[a-z]+\.png\)", doc.read_text()), doc.name

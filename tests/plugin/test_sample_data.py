@@ -54,7 +54,7 @@ def test_sample_particles(make_napari_viewer):
     assert {"rlnOriginXAngst", "rlnOriginYAngst"} <= set(features.columns)
     np.testing.assert_allclose(truth.scale[-2:], stack.scale[-2:])
 
-    refs = viewer.layers["particle class references"]
+    refs = viewer.layers["particles class references"]
     assert refs.data.shape == (3, *stack.data.shape[1:])
     np.testing.assert_allclose(refs.scale, stack.scale)
 

@@ -93,3 +93,39 @@ def particle_points_layer(table: pd.DataFrame, *, box: tuple[int, int], pixel_si
         "metadata": {"kind": "particle centres"},
     }
     return (coords, attrs, "points")
+
+
+def add_layer(viewer, layer_tuple: LayerDataTuple):
+    """Add a LayerDataTuple to the viewer (main thread only) and return the layer."""
+    import napari
+
+    return viewer.add_layer(napari.layers.Layer.create(*layer_tuple))
+
+
+def add_image_result(viewer, data, *, source, name: str, metadata: dict, is_stack: bool | None = None):
+    """A result image beside ``source``: same scale and translate, robust contrast, ``metadata`` recorded."""
+    src_meta = source.metadata or {}
+    meta = {**{k: v for k, v in src_meta.items() if k in ("voxel_size", "is_stack", "pixel_size")}, **metadata}
+    stack = src_meta.get("is_stack", False) if is_stack is None else is_stack
+    tup = image_layer(data, name=name, voxel_size=tuple(source.scale[-data.ndim:]), is_stack=stack, metadata=meta,
+                      translate=tuple(source.translate[-data.ndim:]))
+    tup[1]["scale"] = tuple(source.scale[-data.ndim:])
+    return add_layer(viewer, tup)
+
+
+def layer_input(layer) -> tuple[np.ndarray, bool, tuple]:
+    """(data to process, is_stack, voxel size (z, y, x) in Å) of an image layer.
+
+    The data are copied (the user may edit the layer while a job runs) unless they are a read-only memory
+    map, which nobody can change and which may be larger than memory.
+    """
+    data = layer.data
+    if not (isinstance(data, np.memmap) and not data.flags.writeable):
+        data = np.array(data, dtype=np.float32, copy=True)
+    meta = layer.metadata or {}
+    is_stack = bool(meta.get("is_stack", False))
+    scale = tuple(float(s) for s in layer.scale)
+    voxel = tuple(meta.get("voxel_size") or scale)
+    if is_stack and len(voxel) == 3:
+        voxel = (voxel[-1], voxel[-2], voxel[-1])
+    return data, is_stack, voxel

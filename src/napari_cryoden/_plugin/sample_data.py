@@ -1,4 +1,7 @@
-"""npe2 sample data: a synthetic tomogram and a synthetic particle stack, both with ground truth."""
+"""npe2 sample data: a synthetic tomogram and a synthetic particle stack, both with ground truth.
+
+The layer builders are shared with the Simulate widget.
+"""
 
 from __future__ import annotations
 
@@ -6,27 +9,35 @@ from .. import sample_data as core
 from .layers import image_layer, particle_points_layer
 
 
+def tomogram_layers(ph, *, name: str = "tomogram") -> list:
+    """Noisy and clean volumes (and even/odd halves when present) of a :class:`TomogramPhantom`."""
+    meta = {"snr": ph.snr, "source": "napari-cryoden phantom", "particles": ph.particles}
+    layers = [image_layer(ph.clean, name=f"{name} clean", voxel_size=ph.voxel_size, metadata=meta, visible=False)]
+    if ph.even is not None:
+        layers += [image_layer(ph.even, name=f"{name} even", voxel_size=ph.voxel_size, metadata=meta, visible=False),
+                   image_layer(ph.odd, name=f"{name} odd", voxel_size=ph.voxel_size, metadata=meta, visible=False)]
+    layers.append(image_layer(ph.noisy, name=f"{name} noisy", voxel_size=ph.voxel_size, metadata=meta))
+    return layers
+
+
+def particle_layers(sim, *, name: str = "particles") -> list:
+    """The noisy stack, a points layer with the truth as ``features``, and the class references."""
+    table = sim.table.particles
+    px = sim.pixel_size
+    meta = {"snr": sim.snr, "pixel_size": px, "features": table, "source": "napari-cryoden simulation"}
+    return [
+        image_layer(sim.images, name=name, voxel_size=(1.0, px, px), is_stack=True, metadata=meta),
+        particle_points_layer(table, box=sim.images.shape[-2:], pixel_size=px, name=f"{name} truth", visible=False),
+        image_layer(sim.references, name=f"{name} class references", voxel_size=(1.0, px, px), is_stack=True,
+                    visible=False),
+    ]
+
+
 def sample_tomogram() -> list:
     """Noisy tomogram phantom and its clean volume (scale = 10 Å voxels)."""
-    ph = core.sample_tomogram()
-    meta = {"snr": ph.snr, "source": "napari-cryoden phantom (EMD-5625 particles)"}
-    return [
-        image_layer(ph.clean, name="tomogram clean", voxel_size=ph.voxel_size, metadata=meta, visible=False),
-        image_layer(ph.noisy, name="tomogram noisy", voxel_size=ph.voxel_size, metadata=meta),
-    ]
+    return tomogram_layers(core.sample_tomogram())
 
 
 def sample_particles() -> list:
     """Noisy particle stack of three classes, with true class/psi/origin in a points layer's ``features``."""
-    sim = core.sample_particles()
-    table = sim.table.particles
-    meta = {"snr": sim.snr, "pixel_size": sim.pixel_size, "features": table,
-            "source": "napari-cryoden simulation of EMD-5625 views"}
-    return [
-        image_layer(sim.images, name="particles", voxel_size=(1.0, sim.pixel_size, sim.pixel_size), is_stack=True,
-                    metadata=meta),
-        particle_points_layer(table, box=sim.images.shape[-2:], pixel_size=sim.pixel_size,
-                              name="particles truth", visible=False),
-        image_layer(sim.references, name="particle class references", voxel_size=(1.0, sim.pixel_size, sim.pixel_size),
-                    is_stack=True, visible=False),
-    ]
+    return particle_layers(core.sample_particles())

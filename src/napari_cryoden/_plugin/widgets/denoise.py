@@ -15,34 +15,11 @@ from ...errors import CryodenInputError
 from ...models import save_model
 from ...params import as_dict
 from ..jobs import JobRunner
-from ..layers import image_layer
+from ..layers import add_image_result, layer_input
 from ..notify import notify_error, notify_info
 from ._params import params_form, params_from_form
 from ._plot import LossPlot
 from ._progress import ProgressRow
-
-
-def layer_input(layer) -> tuple[np.ndarray, bool, tuple]:
-    """(data to process, is_stack, voxel size z,y,x) for an image layer, copied unless read-only."""
-    data = layer.data
-    if not (isinstance(data, np.memmap) and not data.flags.writeable):
-        data = np.array(data, dtype=np.float32, copy=True)  # the user may edit the layer meanwhile
-    meta = layer.metadata or {}
-    is_stack = bool(meta.get("is_stack", False))
-    scale = tuple(float(s) for s in layer.scale)
-    voxel = tuple(meta.get("voxel_size") or scale)
-    if is_stack and len(voxel) == 3:
-        voxel = (voxel[-1], voxel[-2], voxel[-1])
-    return data, is_stack, voxel
-
-
-def add_result_layer(viewer, data, *, source, name: str, metadata: dict) -> napari.layers.Layer:
-    """A new image layer beside ``source`` with the same scale/translate and robust contrast."""
-    meta = {**{k: v for k, v in (source.metadata or {}).items() if k in ("voxel_size", "is_stack")}, **metadata}
-    tup = image_layer(data, name=name, voxel_size=tuple(source.scale), is_stack=False, metadata=meta,
-                      translate=tuple(source.translate))
-    tup[1]["scale"] = tuple(source.scale)
-    return viewer.add_layer(napari.layers.Layer.create(*tup))
 
 
 class DenoiseWidget(Container):
@@ -200,7 +177,7 @@ class DenoiseWidget(Container):
             self.save_button.enabled = True
         if result is not None:
             result = result.reshape(layer.data.shape)
-            add_result_layer(self.viewer, result, source=layer, name=f"{layer.name} denoised ({meta['method']})",
+            add_image_result(self.viewer, result, source=layer, name=f"{layer.name} denoised ({meta['method']})",
                              metadata=meta)
         self.progress.finish("done")
 

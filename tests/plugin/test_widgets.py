@@ -1,0 +1,117 @@
+"""Simulate, Align and Compare dock widgets in a real viewer."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from napari_cryoden.io.star import read_star
+from napari_cryoden.metrics import angular_error
+from napari_cryoden.sample_data import sample_particles
+
+PLUGIN = "napari-cryoden"
+
+
+def _wait(widget, qtbot, timeout=300_000):
+    qtbot.waitUntil(lambda: widget.runner.worker is None, timeout=timeout)
+
+
+def test_simulate_tomogram_and_particles(make_napari_viewer, qtbot):
+    viewer = make_napari_viewer()
+    _, w = viewer.window.add_plugin_dock_widget(PLUGIN, "Simulate")
+    w.depth.value, w.size.value, w.snr.value, w.halves.value = 32, 64, 0.5, True
+    w.run()
+    _wait(w, qtbot)
+    names = [layer.name for layer in viewer.layers]
+    assert {"phantom SNR 0.5 noisy", "phantom SNR 0.5 clean", "phantom SNR 0.5 even", "phantom SNR 0.5 odd"} <= set(names)
+    noisy = viewer.layers["phantom SNR 0.5 noisy"]
+    assert noisy.data.shape == (32, 64, 64) and tuple(noisy.scale) == (10.0, 10.0, 10.0)
+    w.kind.value = "particle stack"
+    w.n.value, w.box.value, w.classes.value = 30, 32, 2
+    w.run()
+    _wait(w, qtbot)
+    stack = viewer.layers["particles SNR 0.5"]
+    assert stack.data.shape == (30, 32, 32) and stack.scale[0] == 1.0
+    truth = viewer.layers["particles SNR 0.5 truth"].features
+    assert sorted(truth["rlnClassNumber"].unique()) == [1, 2] and len(truth) == 30
+
+
+@pytest.fixture
+def particle_viewer(make_napari_viewer):
+    from napari_cryoden._plugin.layers import add_layer
+    from napari_cryoden._plugin.sample_data import particle_layers
+
+    viewer = make_napari_viewer()
+    sim = sample_particles(n_particles=40, snr=2.0, max_shift=3.0, seed=2)
+    for tup in particle_layers(sim):
+        add_layer(viewer, tup)
+    return viewer, sim
+
+
+def test_align_to_a_reference_recovers_angles_and_exports_star(particle_viewer, qtbot, tmp_path):
+    viewer, sim = particle_viewer
+    one_class = sim.classes == 0
+    viewer.add_image(sim.images[one_class], name="class 1", metadata={"is_stack": True}, scale=(1.0, 4.23, 4.23))
+    viewer.add_image(sim.references[0], name="ref", scale=(4.23, 4.23))
+    _, w = viewer.window.add_plugin_dock_widget(PLUGIN, "Align")
+    w.stack.value = viewer.layers["class 1"]
+    w.reference.value = viewer.layers["ref"]
+    w.run()
+    _wait(w, qtbot)
+    for suffix in ("aligned", "average", "shifts", "angles"):
+        assert f"class 1 {suffix}" in viewer.layers
+    feats = viewer.layers["class 1 angles"].features
+    assert list(feats.columns) == ["psi", "shift_x", "shift_y", "score"]
+    err = angular_error(feats["psi"].to_numpy(), sim.angles[one_class])
+    assert np.median(err) < 3.0
+    np.testing.assert_allclose(feats[["shift_x", "shift_y"]].to_numpy(), sim.origins[one_class], atol=0.6)
+    vectors = viewer.layers["class 1 shifts"].data
+    np.testing.assert_allclose(vectors[:, 1, 1:], -feats[["shift_y", "shift_x"]].to_numpy(), atol=1e-4)
+    out = w.export_star(str(tmp_path / "aligned.star"))
+    table = read_star(out)
+    np.testing.assert_allclose(table.particles["rlnAnglePsi"], feats["psi"], atol=1e-4)
+    assert table.pixel_size() == pytest.approx(4.23, rel=1e-4)
+    assert (tmp_path / "aligned.mrcs").exists()  # the in-memory stack was written beside the STAR
+
+
+def test_align_cancel_and_bad_input(particle_viewer, qtbot, monkeypatch):
+    from napari_cryoden._plugin.widgets import align as module
+
+    viewer, _ = particle_viewer
+    shown = []
+    monkeypatch.setattr(module, "notify_error", lambda exc: shown.append(str(exc)))
+    _, w = viewer.window.add_plugin_dock_widget(PLUGIN, "Align")
+    viewer.add_image(np.zeros((16, 16), np.float32), name="flat image")
+    w.stack.value = viewer.layers["flat image"]
+    w.run()
+    assert shown and "flat image" in shown[-1] and "particle stack" in shown[-1]
+    n_layers = len(viewer.layers)
+    w.stack.value = viewer.layers["particles"]
+    w.reference.value = None
+    w.run()
+    qtbot.waitUntil(lambda: w.progress.bar.value() > 0 or w.runner.worker is None, timeout=60_000)
+    w.progress.cancel_button.click()
+    _wait(w, qtbot, timeout=60_000)
+    qtbot.wait(200)
+    assert len(viewer.layers) == n_layers
+
+
+def test_compare_table_and_frc(make_napari_viewer, qtbot):
+    viewer = make_napari_viewer()
+    rng = np.random.default_rng(0)
+    clean = rng.normal(size=(16, 32, 32)).astype(np.float32)
+    viewer.add_image(clean, name="clean", scale=(5.0, 5.0, 5.0))
+    viewer.add_image(clean + 0.1 * rng.normal(size=clean.shape).astype(np.float32), name="good")
+    viewer.add_image(clean + 2.0 * rng.normal(size=clean.shape).astype(np.float32), name="bad")
+    _, w = viewer.window.add_plugin_dock_widget(PLUGIN, "Compare")
+    w.reference.value = viewer.layers["clean"]
+    w.layers.value = ["good", "bad"]
+    w.run()
+    assert set(w.results) == {"good", "bad"}
+    assert w.results["good"]["PSNR (dB)"] > w.results["bad"]["PSNR (dB)"] + 10
+    assert w.table.rowCount() == 2 and w.table.item(0, 0).text() == "good"
+    w.grid.value = True
+    assert viewer.grid.enabled
+    assert isinstance(pd.DataFrame([{k: v for k, v in r.items() if k != "curve"} for r in w.results.values()]),
+                      pd.DataFrame)
