@@ -18,7 +18,7 @@ from .. import __version__
 from ..errors import CryodenInputError, CryodenOutputError
 
 #: Modules of this package that add commands, in the order they appear in ``--help``.
-COMMAND_MODULES = ("info", "simulate", "denoise", "align", "evaluate", "demo")
+COMMAND_MODULES = ("info", "simulate", "denoise", "supervised", "align", "evaluate", "demo")
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -79,6 +79,8 @@ def build_params(method, args: argparse.Namespace, *, dims: int):
         v = getattr(args, f"param_{f.name}", None)
         if v is not None:
             given[f.name] = v
+    if method.family == "supervised" and args.model:
+        given["model"] = str(args.model)
     if args.time_budget is not None and "time_budget" in {f.name for f in dataclasses.fields(method.params)}:
         given["time_budget"] = args.time_budget
     if args.epochs is not None and "epochs" in {f.name for f in dataclasses.fields(method.params)}:
@@ -104,8 +106,13 @@ def cmd_denoise(args) -> int:
     if args.predict_only and not args.model:
         raise CryodenInputError(None, "--predict-only needs a trained model (--model FILE)")
     trainable = method.family == "self-supervised"
-    if (args.model or args.save_model) and not trainable:
-        raise CryodenInputError(None, f"--model/--save-model apply to trained methods, not to {method.name}")
+    if args.save_model and not trainable:
+        raise CryodenInputError(None, f"--save-model applies to self-supervised methods, not to {method.name} "
+                                      "(train supervised models with cryoden train-supervised)")
+    if args.model and method.family == "classical":
+        raise CryodenInputError(None, f"{method.name} uses no trained model; drop --model")
+    if method.family == "supervised" and not args.model:
+        raise CryodenInputError(None, f"{method.name} needs a model trained with cryoden train-supervised: --model FILE")
     if method.name == "n2n-halves" and (not args.half2 or len(inputs) != 1) and not args.predict_only:
         raise CryodenInputError(None, "n2n-halves trains on two halves: give one input and --half2 SECOND_HALF")
 
@@ -175,14 +182,15 @@ def register(commands: dict) -> None:
     p.add_argument("--time-budget", type=float, help="wall-clock training budget in seconds")
     p.add_argument("--epochs", type=int, help="training epochs")
     p.add_argument("--device", default="auto", help="auto (CUDA, then MPS, then CPU), cpu, cuda, cuda:N, mps")
-    p.add_argument("--model", help="trained model file: predict with it (--predict-only) or continue training it")
+    p.add_argument("--model", help="trained model file: self-supervised methods predict with it (--predict-only) or "
+                                   "continue training it; supervised methods (cgan, autoencoder) need one")
     p.add_argument("--save-model", help="save the trained model here (one file)")
     p.add_argument("--predict-only", action="store_true", help="do not train; needs --model")
     p.add_argument("--seed", type=int, default=0)
     group = p.add_argument_group("method parameters (each applies to the methods named in its help)")
     seen = set()
     for name, (f, users) in _all_param_fields(all_methods).items():
-        if name in ("time_budget", "epochs") or name in seen:
+        if name in ("time_budget", "epochs", "model") or name in seen:
             continue
         seen.add(name)
 

@@ -16,7 +16,7 @@ import numpy as np
 from ..progress import ProgressEvent
 
 #: Modules whose import registers the built-in methods.
-BUILTIN_MODULES: tuple[str, ...] = ("napari_cryoden.denoise.self_supervised",)
+BUILTIN_MODULES: tuple[str, ...] = ("napari_cryoden.denoise.self_supervised", "napari_cryoden.denoise.classical", "napari_cryoden.denoise.supervised")
 
 #: iter_denoise(data, params, *, is_stack, voxel_size, seed, device) -> Generator[ProgressEvent, None, ndarray]
 DenoiseFunction = Callable[..., Generator[ProgressEvent, None, np.ndarray]]
