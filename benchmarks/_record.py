@@ -61,13 +61,16 @@ def machine() -> dict:
         "numpy": numpy.__version__,
         "napari_cryoden": __version__,
         "commit": commit,
+        # Other work on the machine inflates timings; the 1-minute load average says how much there was.
+        "load_average": round(os.getloadavg()[0], 2) if hasattr(os, "getloadavg") else None,
     }
 
 
 def machine_line(info: dict) -> str:
     return (f"Measured {info['date']} on {info['cpu']} ({info['cores']} cores, {info['memory_gb']} GB RAM, "
             f"GPU: {info['gpu']}); Python {info['python']}, torch {info['torch']}, numpy {info['numpy']}, "
-            f"napari-cryoden {info['napari_cryoden']} ({info['commit'] or 'uncommitted'}).")
+            f"napari-cryoden {info['napari_cryoden']} ({info['commit'] or 'uncommitted'}); load average "
+            f"{info.get('load_average')} at the end of the run (2 = both cores busy).")
 
 
 def write_section(name: str, title: str, body: str, results: dict) -> None:
