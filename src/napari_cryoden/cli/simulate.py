@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -17,14 +18,19 @@ def cmd_simulate_particles(args) -> int:
     star = Path(args.star) if args.star else out.with_suffix(".star")
     check_outputs((out, star, args.clean, args.references), inputs=list(args.map or []))
     maps = load_maps(args.map)
-    sim = simulate_particles(
-        [m.data for m in maps], voxel_size=[m.pixel_size for m in maps], n_particles=args.n, box=args.box,
-        pixel_size=args.pixel_size, class_views=parse_views(args.views), rotate=not args.no_rotation,
-        max_shift=args.max_shift, integer_shifts=args.integer_shifts,
-        ctf=CTFParams(voltage=args.voltage, cs=args.cs, amplitude_contrast=args.amplitude_contrast,
-                      b_factor=args.b_factor),
-        ctf_mode=args.ctf, defocus_range=tuple(args.defocus_range), snr=None if args.snr <= 0 else args.snr,
-        mask_radius=args.mask_radius, seed=args.seed)
+    from tqdm import tqdm
+
+    # Random views need one 3D projection per particle: the slow part, so it gets the bar.
+    with tqdm(total=args.n if not args.views else 0, desc="projecting", unit="particle", file=sys.stderr,
+              disable=bool(args.views) or args.quiet) as bar:
+        sim = simulate_particles(
+            [m.data for m in maps], voxel_size=[m.pixel_size for m in maps], n_particles=args.n, box=args.box,
+            pixel_size=args.pixel_size, class_views=parse_views(args.views), rotate=not args.no_rotation,
+            max_shift=args.max_shift, integer_shifts=args.integer_shifts,
+            ctf=CTFParams(voltage=args.voltage, cs=args.cs, amplitude_contrast=args.amplitude_contrast,
+                          b_factor=args.b_factor),
+            ctf_mode=args.ctf, defocus_range=tuple(args.defocus_range), snr=None if args.snr <= 0 else args.snr,
+            mask_radius=args.mask_radius, seed=args.seed, on_projected=bar.update)
     written = sim.save(out, star, clean_path=args.clean, references_path=args.references)
     for kind, path in written.items():
         print(f"wrote {kind}: {path}")

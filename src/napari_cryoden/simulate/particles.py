@@ -167,7 +167,7 @@ def simulate_particles(maps: np.ndarray | Sequence[np.ndarray], *, voxel_size: f
                        max_shift: float = 5.0, integer_shifts: bool = False, ctf: CTFParams | None = None,
                        ctf_mode: str = "none", defocus_range: tuple[float, float] = (10000.0, 25000.0),
                        snr: float | None = 0.1, mask_radius: float | None = None,
-                       seed: int = 0) -> SimulatedParticles:
+                       seed: int = 0, on_projected=None) -> SimulatedParticles:
     """Simulate a particle stack by projecting one or more 3D maps.
 
     Parameters
@@ -194,6 +194,8 @@ def simulate_particles(maps: np.ndarray | Sequence[np.ndarray], *, voxel_size: f
         Signal variance / noise variance per image (inside ``mask_radius`` when given); None for no noise.
     seed
         Seed of every random draw.
+    on_projected
+        ``on_projected(n)`` is called as batches of n random-view projections are done (progress bars).
 
     Returns
     -------
@@ -221,7 +223,8 @@ def simulate_particles(maps: np.ndarray | Sequence[np.ndarray], *, voxel_size: f
         for c, vol in enumerate(volumes):
             sel = np.flatnonzero(classes == c)
             if sel.size:
-                per_particle[sel] = project_map(vol, rot=rot[sel], tilt=tilt[sel], psi=np.zeros(sel.size))
+                per_particle[sel] = project_map(vol, rot=rot[sel], tilt=tilt[sel], psi=np.zeros(sel.size),
+                                                on_batch=on_projected)
         # The class reference is the map's projection along z (the per-particle views differ).
         references = np.stack([project_map(v, rot=0.0, tilt=0.0, psi=0.0)[0] for v in volumes])
 

@@ -34,11 +34,13 @@ def resample_map(volume: np.ndarray, *, voxel_size: float, pixel_size: float, bo
 
 
 def project_map(volume: np.ndarray, *, rot, tilt, psi, batch_voxels: int = 1 << 23,
-                device: str | torch.device = "cpu") -> np.ndarray:
+                device: str | torch.device = "cpu", on_batch=None) -> np.ndarray:
     """Project a (z, y, x) map at RELION Euler angles (degrees): ``P(x, y) = sum_z V(A^T (x, y, z))``.
 
     Trilinear interpolation about the centre ``N // 2`` of each axis; for the identity rotation the result
     is exactly ``volume.sum(axis=0)``.
+
+    ``on_batch(n_done)`` is called after each batch of projections (for progress bars).
 
     Returns
     -------
@@ -63,4 +65,6 @@ def project_map(volume: np.ndarray, *, rot, tilt, psi, batch_voxels: int = 1 << 
         sampled = F.grid_sample(vol[None, None].expand(m.shape[0], 1, d, h, w), grid, mode="bilinear",
                                 padding_mode="zeros", align_corners=True)
         out[start:start + m.shape[0]] = sampled[:, 0].sum(dim=1).cpu().numpy()
+        if on_batch is not None:
+            on_batch(m.shape[0])
     return out
