@@ -18,12 +18,12 @@ from .. import __version__
 from ..errors import CryodenInputError, CryodenOutputError
 
 #: Modules of this package that add commands, in the order they appear in ``--help``.
-COMMAND_MODULES = ("info", "simulate", "denoise", "supervised", "align", "evaluate", "demo")
+COMMAND_MODULES = ("info", "simulate", "denoise", "supervised", "align", "cluster", "evaluate", "demo")
 
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
-        prog="cryoden", description="The cryoden command line: simulate, inspect, evaluate, and run the demo.")
+        prog="cryoden", description="The cryoden command line: denoise, align and cluster cryo-EM/ET data; simulate, inspect, evaluate, and run the demo.")
     parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     parser.add_argument("-v", "--verbose", action="store_true", help="log progress details")
     parser.add_argument("-q", "--quiet", action="store_true", help="no progress bars")

@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import numpy as np
 
 from ..errors import CryodenInputError
+from ..io.star import rebase_image_names
 from ._common import check_outputs, positive_float, positive_int
 
 #: The per-particle score column written (normalised cross-correlation with the rotated, shifted reference).
@@ -56,21 +56,6 @@ def _ctf_reader(table, box: int, pixel_size: float):
     return read
 
 
-def _relative_image_names(table, out_star: Path):
-    """Image names resolved from the input and rewritten relative to the output STAR's folder."""
-    from ..io.star import parse_image_names, resolve_stack_path
-
-    names = table.particles["rlnImageName"].astype(str).to_numpy()
-    stacks, indices = parse_image_names(names, star_path=table.path)
-    cache: dict[str, str] = {}
-    out = []
-    base = table.path if table.path is not None and table.path.suffix.lower() in (".star", ".xmd") else None
-    for stack, idx in zip(stacks, indices):
-        if stack not in cache:
-            path = resolve_stack_path(stack, base) if base is not None else (table.path.parent / stack)
-            cache[stack] = os.path.relpath(Path(path).resolve(), out_star.resolve().parent)
-        out.append(f"{idx + 1:06d}@{cache[stack]}")
-    return out
 
 
 def cmd_align(args) -> int:
@@ -124,7 +109,7 @@ def cmd_align(args) -> int:
 
     out = Path(args.output)
     rows = table.particles.copy()
-    rows["rlnImageName"] = _relative_image_names(table, out)
+    rows["rlnImageName"] = rebase_image_names(table, out)
     rows["rlnAnglePsi"] = result.angles
     rows["rlnOriginXAngst"] = result.origins[:, 0] * apix
     rows["rlnOriginYAngst"] = result.origins[:, 1] * apix

@@ -259,3 +259,21 @@ def read_particle_images(table: ParticleTable, *, rows: Sequence[int] | np.ndarr
     if out is None:
         raise CryodenInputError(table.path, "particle table is empty")
     return out
+
+
+def rebase_image_names(table: ParticleTable, out_star: str | os.PathLike) -> list[str]:
+    """``rlnImageName`` values of ``table`` rewritten relative to the folder of ``out_star``, so a STAR file
+    written elsewhere still points at the same stacks."""
+    out_star = Path(out_star)
+
+    names = table.particles["rlnImageName"].astype(str).to_numpy()
+    stacks, indices = parse_image_names(names, star_path=table.path)
+    cache: dict[str, str] = {}
+    out = []
+    base = table.path if table.path is not None and table.path.suffix.lower() in (".star", ".xmd") else None
+    for stack, idx in zip(stacks, indices):
+        if stack not in cache:
+            path = resolve_stack_path(stack, base) if base is not None else (table.path.parent / stack)
+            cache[stack] = os.path.relpath(Path(path).resolve(), out_star.resolve().parent)
+        out.append(f"{idx + 1:06d}@{cache[stack]}")
+    return out

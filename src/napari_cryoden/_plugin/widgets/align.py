@@ -19,7 +19,7 @@ from qtpy.QtWidgets import QFileDialog
 from ...align.cross_correlation import ClassicalParams, iter_align_reference_free, iter_align_to_reference
 from ...errors import CryodenInputError
 from ...io.mrc import write_mrc
-from ...io.star import ParticleTable, make_optics_table, write_star
+from ...io.star import ParticleTable, make_optics_table, rebase_image_names, write_star
 from ...params import as_dict
 from ...simulate import project_map
 from ..jobs import JobRunner
@@ -134,13 +134,12 @@ class AlignWidget(Container):
         n = len(r.angles)
         try:
             if isinstance(meta.get("features"), pd.DataFrame) and len(meta["features"]) == n and "optics" in meta:
-                particles = meta["features"].copy()
-                optics = meta["optics"]
-                star_dir = Path(meta["star_path"]).parent if meta.get("star_path") else None
-                if star_dir is not None and "rlnImageName" in particles:
-                    # Image names are relative to the STAR the layer came from; keep them right from the new one.
-                    particles["rlnImageName"] = [_rebase(x, star_dir, Path(path).parent)
-                                                 for x in particles["rlnImageName"]]
+                source = ParticleTable(particles=meta["features"].copy(), optics=meta["optics"],
+                                       path=Path(meta["star_path"]) if meta.get("star_path") else None)
+                particles, optics = source.particles, source.optics
+                if source.path is not None and "rlnImageName" in particles:
+                    # Names are relative to the STAR the layer came from; keep them right from the new one.
+                    particles["rlnImageName"] = rebase_image_names(source, path)
             else:
                 stack_path = meta.get("path")
                 if not stack_path or not str(stack_path).lower().endswith((".mrcs", ".mrc", ".st")):
@@ -161,10 +160,3 @@ class AlignWidget(Container):
         notify_info(f"wrote {out}")
         return out
 
-
-def _rebase(image_name: str, old_dir: Path, new_dir: Path) -> str:
-    """Rewrite ``N@stack`` so the stack path stays right from a STAR file in another folder."""
-    number, _, stack = str(image_name).partition("@")
-    if not stack or Path(stack).is_absolute():
-        return image_name
-    return f"{number}@{os.path.relpath((old_dir / stack).resolve(), new_dir.resolve())}"

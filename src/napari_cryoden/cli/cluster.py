@@ -1,0 +1,189 @@
+"""`cryoden cluster`: 2D classification of a particle stack (Siamese, MRA or PCA + KMeans) to RELION STAR;
+`cryoden subset`: the particles of chosen classes as a new STAR."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from ..errors import CryodenInputError
+from ..io.star import rebase_image_names
+from ._common import check_outputs, positive_float
+
+#: Per-particle confidence column written beside rlnClassNumber (normalised cross-correlation of the aligned
+#: particle with its class average, in [-1, 1]).
+SCORE_COLUMN = "rlnCryodenClassScore"
+
+
+def parse_classes(text: str) -> list[int]:
+    """'4' -> [4]; '2-6' -> [2, 3, 4, 5, 6]; '2,4,8' -> [2, 4, 8]."""
+    try:
+        if "-" in text:
+            lo, hi = (int(v) for v in text.split("-", 1))
+            values = list(range(lo, hi + 1))
+        else:
+            values = [int(v) for v in text.split(",")]
+    except ValueError as exc:
+        raise CryodenInputError(None, f"--classes expects K, K1-K2 or K1,K2,..., got {text!r}") from exc
+    if not values or min(values) < 1:
+        raise CryodenInputError(None, f"--classes must be positive, got {text!r}")
+    return values
+
+
+def _params(args, method: str):
+    from ..cluster import PARAMS
+
+    values = {"seed": args.seed}
+    if method == "siamese":
+        if args.epochs is not None:
+            values["epochs"] = float(args.epochs)
+        if args.time_budget is not None:
+            values["time_budget"] = float(args.time_budget)
+    try:
+        from ..params import validate
+
+        return validate(PARAMS[method](**values))
+    except ValueError as exc:
+        raise CryodenInputError(None, str(exc)) from exc
+
+
+def _write_embedding(path, result, inputs) -> None:
+    import pandas as pd
+
+    from ..io.mrc import AtomicOutput
+
+    avg = result.averages
+    n = len(result.labels)
+    frame = pd.DataFrame({
+        "particle": np.arange(1, n + 1),
+        "class": result.labels + 1,
+        "confidence": avg.score if avg is not None else np.full(n, np.nan),
+        "distance": avg.distance if avg is not None else np.full(n, np.nan),
+        "x": result.embedding[:, 0],
+        "y": result.embedding[:, 1],
+    })
+    with AtomicOutput(path, inputs=inputs) as tmp:
+        frame.to_csv(tmp, index=False, float_format="%.6g")
+
+
+def cmd_cluster(args) -> int:
+    from ..align.sources import open_particles
+    from ..cluster import iter_cluster, iter_cluster_range
+    from ..device import describe_device, resolve_device
+    from ..io.mrc import write_mrc
+    from ..io.star import write_star
+    from ..models import load_model, save_model
+    from ..progress import run_with_bar
+
+    inputs = [p for p in (args.input, args.model) if p]
+    check_outputs((args.output, args.averages, args.embedding, args.save_model), inputs=inputs)
+    if not str(args.output).lower().endswith(".star"):
+        raise CryodenInputError(args.output, "the output must be a .star file")
+    if not Path(args.input).exists():
+        raise CryodenInputError(args.input, "file not found")
+    ks = parse_classes(args.classes)
+    if args.method != "siamese" and (args.model or args.save_model):
+        raise CryodenInputError(args.model or args.save_model, f"--model/--save-model apply to --method siamese, "
+                                                               f"not {args.method}")
+    particles = open_particles(args.input)
+    source, table = particles.source, particles.table
+    n, box, apix = len(source), source.box, source.pixel_size
+    if max(ks) > n or min(ks) < 2:
+        raise CryodenInputError(args.input, f"has {n} particles; --classes must be between 2 and {n}, "
+                                            f"got {args.classes}")
+    model = load_model(args.model, kind="cluster/siamese") if args.model else None
+    train = model is None or args.epochs is not None or args.time_budget is not None
+    params = _params(args, args.method)
+    device = resolve_device(args.device, need_fft=True)
+    print(f"clustering {n} particles of {box}x{box} px ({apix:.4g} Å) into {args.classes} classes with "
+          f"{args.method} on {describe_device(device)}")
+    kwargs = {"method": args.method, "params": params, "device": device, "model": model, "train": train}
+    gen = iter_cluster(source, ks[0], **kwargs) if len(ks) == 1 else iter_cluster_range(source, ks, **kwargs)
+    result = run_with_bar(gen, disable=bool(getattr(args, "quiet", False)))
+    if "model_selection" in result.info:
+        values = result.info["model_selection"]["values"]
+        print("silhouette by K: " + ", ".join(f"{k}: {v:.3f}" for k, v in values.items()) +
+              f" -> K = {result.k}")
+
+    out = Path(args.output)
+    rows = table.particles.copy()
+    rows["rlnImageName"] = rebase_image_names(table, out)
+    rows["rlnClassNumber"] = result.labels + 1
+    if result.averages is not None:
+        rows[SCORE_COLUMN] = result.averages.score
+    write_star(out, table.with_particles(rows), inputs=inputs)
+    counts = result.counts
+    print(f"wrote {out} (rlnClassNumber 1..{result.k}, 1 = largest; {SCORE_COLUMN})")
+    print("particles per class: " + ", ".join(f"{c + 1}: {int(v)}" for c, v in enumerate(counts)))
+    if args.averages:
+        write_mrc(args.averages, result.averages.averages, voxel_size=apix, is_stack=True, inputs=inputs)
+        print(f"wrote class averages (largest class first): {args.averages}")
+    if args.embedding:
+        _write_embedding(args.embedding, result, inputs)
+        print(f"wrote embedding: {args.embedding}")
+    if args.save_model and result.model is not None:
+        save_model(args.save_model, result.model, inputs=inputs)
+        print(f"wrote model: {args.save_model}")
+    print(f"silhouette {result.info['silhouette']:.3f}; {result.info['seconds']['total']:.1f} s")
+    return 0
+
+
+def cmd_subset(args) -> int:
+    from ..io.star import read_star, write_star
+
+    check_outputs((args.output,), inputs=(args.input,))
+    if not str(args.output).lower().endswith(".star"):
+        raise CryodenInputError(args.output, "the output must be a .star file")
+    if not Path(args.input).exists():
+        raise CryodenInputError(args.input, "file not found")
+    table = read_star(args.input)
+    if "rlnClassNumber" not in table.particles:
+        raise CryodenInputError(args.input, "lacks the rlnClassNumber column (run `cryoden cluster` first)")
+    wanted = parse_classes(args.classes)
+    present = set(table.particles["rlnClassNumber"].astype(int))
+    missing = sorted(set(wanted) - present)
+    if missing:
+        raise CryodenInputError(args.input, f"has no particles in class(es) {missing}; classes present: "
+                                            f"{sorted(present)}")
+    keep = table.particles["rlnClassNumber"].astype(int).isin(wanted).to_numpy()
+    out = Path(args.output)
+    rows = table.particles.copy()
+    rows["rlnImageName"] = rebase_image_names(table, out)
+    write_star(out, table.with_particles(rows[keep]), inputs=(args.input,))
+    print(f"wrote {out}: {int(keep.sum())} of {len(keep)} particles (classes {wanted})")
+    return 0
+
+
+def register(commands: dict) -> None:
+    from ..cluster import METHODS
+
+    p = commands["root"].add_parser(
+        "cluster", help="2D classification of particles: classes, class averages, an embedding to plot",
+        description="Cluster particle images into classes and write the input's STAR table plus rlnClassNumber "
+                    f"(1-based, 1 = largest class) and {SCORE_COLUMN}; optionally the class averages (largest "
+                    "class first) and a 2D embedding (CSV). Methods: docs/cluster.md.")
+    p.add_argument("input", help="particles: .mrcs stack, RELION .star or Xmipp .xmd")
+    p.add_argument("-o", "--output", required=True, help="output STAR file")
+    p.add_argument("--classes", required=True,
+                   help="number of classes K, or a range K1-K2 / list K1,K2 (the best silhouette is kept)")
+    p.add_argument("--method", choices=METHODS, default="siamese",
+                   help="siamese (default: pre-alignment, contrastive network, MRA refinement), mra, pca-kmeans")
+    p.add_argument("--averages", help="write the class averages (.mrcs), largest class first")
+    p.add_argument("--embedding", help="write particle, class, confidence, distance, x, y per particle (.csv)")
+    p.add_argument("--model", help="siamese: trained encoder to apply (or continue with --epochs/--time-budget)")
+    p.add_argument("--save-model", help="siamese: write the trained encoder")
+    group = p.add_mutually_exclusive_group()
+    group.add_argument("--epochs", type=positive_float, default=None,
+                       help="siamese: training per round in passes of pairs over the particles (default 2)")
+    group.add_argument("--time-budget", type=positive_float, default=None,
+                       help="siamese: stop training after S seconds")
+    p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:1, mps")
+    p.add_argument("--seed", type=int, default=0)
+    p.set_defaults(func=cmd_cluster)
+
+    p = commands["root"].add_parser("subset", help="the particles of chosen classes of a classified STAR file")
+    p.add_argument("input", help="STAR file with rlnClassNumber (e.g. from cryoden cluster)")
+    p.add_argument("--classes", required=True, help="classes to keep: 1,3 or 2-4 (as in rlnClassNumber)")
+    p.add_argument("-o", "--output", required=True, help="output STAR file")
+    p.set_defaults(func=cmd_subset)

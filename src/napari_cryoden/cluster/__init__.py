@@ -1,0 +1,26 @@
+"""Particle clustering (2D classification): Siamese contrastive clustering, MRA and PCA + KMeans baselines,
+class averages ordered by size. ``docs/cluster.md`` describes the methods."""
+
+from .averages import ClassAverages, iter_class_averages
+from .mra import MRAParams, iter_mra, iter_prealign
+from .pipeline import METHODS, PARAMS, ClusterResult, PCAKMeansParams, cluster, iter_cluster, iter_cluster_range
+from .siamese import Encoder, SiameseParams, contrastive_loss, iter_train_siamese
+
+__all__ = [
+    "METHODS",
+    "PARAMS",
+    "ClassAverages",
+    "ClusterResult",
+    "Encoder",
+    "MRAParams",
+    "PCAKMeansParams",
+    "SiameseParams",
+    "cluster",
+    "contrastive_loss",
+    "iter_class_averages",
+    "iter_cluster",
+    "iter_cluster_range",
+    "iter_mra",
+    "iter_prealign",
+    "iter_train_siamese",
+]

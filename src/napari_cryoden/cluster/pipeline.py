@@ -1,0 +1,215 @@
+"""One entry point for every clustering method: work images, pre-alignment, the method, class averages."""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Generator, Sequence
+from dataclasses import dataclass, field, replace
+
+import numpy as np
+
+from ..models import ModelFile
+from ..params import param, validate
+from ..progress import ProgressEvent
+from .averages import ClassAverages, iter_class_averages
+from .mra import MRAParams, RotationalSearch, align_within_classes, compose, iter_mra, iter_prealign
+from .pseudo_labels import kmeans_labels, order_by_size, pca_features, work_images
+from .siamese import SiameseParams, iter_train_siamese
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class PCAKMeansParams:
+    """Settings of the PCA + KMeans baseline (``pca-kmeans``)."""
+
+    pca_components: int = param(20, "principal components kept", min=1)
+    work_box: int = param(32, "images are Fourier-cropped to this box for clustering (pixels)", min=16)
+    prealign_iterations: int = param(0, "passes of the classical reference-free pre-alignment (0: raw pixels)",
+                                     min=0, max=20)
+    max_shift: float = param(0.0, "largest shift of the pre-alignment, pixels of the input (0: box / 8)",
+                             min=0.0)
+    n_init: int = param(4, "KMeans restarts", min=1)
+    refine_iterations: int = param(0, "MRA iterations seeded by the KMeans classes (0: none)", min=0, max=100)
+    seed: int = param(0, "random seed")
+
+
+#: Clustering methods by name, and the parameter class of each (the CLI and the widget are built from it).
+METHODS = ("siamese", "mra", "pca-kmeans")
+PARAMS = {"siamese": SiameseParams, "mra": MRAParams, "pca-kmeans": PCAKMeansParams}
+
+
+@dataclass(frozen=True)
+class ClusterResult:
+    """A clustering of n particles into k classes, class 0 the largest.
+
+    Attributes
+    ----------
+    labels
+        (n,) class of each particle, 0-based, numbered by size (0 = most particles). RELION's
+        ``rlnClassNumber`` is ``labels + 1``.
+    features
+        (n, d) what the classes were found in: the Siamese embedding, the PCA scores, or (MRA) the
+        correlation with each reference.
+    embedding
+        (n, 2) the first two principal components of ``features``, for plotting.
+    averages
+        :class:`~napari_cryoden.cluster.averages.ClassAverages` (None when not computed); its per-particle
+        ``score`` is the confidence and ``distance`` the distance to the class centre.
+    model
+        The trained Siamese encoder (:class:`~napari_cryoden.models.ModelFile`, kind "cluster/siamese").
+    info
+        Method, parameters, timings, per-round history, silhouette score.
+    """
+
+    labels: np.ndarray
+    features: np.ndarray
+    embedding: np.ndarray
+    averages: ClassAverages | None = None
+    model: ModelFile | None = None
+    info: dict = field(default_factory=dict)
+
+    @property
+    def k(self) -> int:
+        return int(self.info.get("classes", self.labels.max() + 1))
+
+    @property
+    def counts(self) -> np.ndarray:
+        return np.bincount(self.labels, minlength=self.k)
+
+
+def _read_all(images) -> np.ndarray:
+    if hasattr(images, "read") and hasattr(images, "box"):
+        return images.read(0, len(images))
+    x = np.asarray(images, dtype=np.float32)
+    return x[None] if x.ndim == 2 else x
+
+
+def silhouette(features: np.ndarray, labels: np.ndarray, *, seed: int = 0, sample: int = 3000) -> float:
+    """Silhouette score of ``labels`` in ``features`` (on at most ``sample`` particles); -1 for one class."""
+    from sklearn.metrics import silhouette_score
+
+    if len(np.unique(labels)) < 2 or len(np.unique(labels)) >= len(labels):
+        return -1.0
+    return float(silhouette_score(features, labels, sample_size=min(sample, len(labels)), random_state=seed))
+
+
+def iter_cluster(images, k: int, *, method: str = "siamese", params=None, device="cpu",
+                 model: ModelFile | None = None, train: bool = True, averages: bool = True,
+                 refine_averages: bool = True) -> Generator[ProgressEvent, None, ClusterResult]:
+    """Cluster (n, N, N) particles (array, memory map or particle source) into ``k`` classes.
+
+    Parameters
+    ----------
+    images
+        Particle images; square boxes.
+    k
+        Number of classes (2 <= k <= n).
+    method
+        One of :data:`METHODS`.
+    params
+        The method's parameter dataclass (:data:`PARAMS`), default settings when None.
+    model
+        ``siamese``: a saved encoder to start from; with ``train=False`` it is only applied.
+    averages, refine_averages
+        Compute class averages; refine each class's alignment at full resolution with the classical code.
+
+    Yields progress events; returns a :class:`ClusterResult`.
+    """
+    if method not in PARAMS:
+        raise ValueError(f"method must be one of {METHODS}, got {method!r}")
+    params = validate(params if params is not None else PARAMS[method]())
+    if not isinstance(params, PARAMS[method]):
+        raise TypeError(f"{method} needs {PARAMS[method].__name__}, got {type(params).__name__}")
+    t0 = time.perf_counter()
+    x = _read_all(images)
+    n, box = x.shape[0], x.shape[-1]
+    if not 2 <= k <= n:
+        raise ValueError(f"the number of classes must be between 2 and the number of particles ({n}), got {k}")
+    work_box = model.config["work_box"] if model is not None else params.work_box
+    work = work_images(x, work_box=work_box, mask_fraction=None)
+    m = work.shape[-1]
+    pre = yield from iter_prealign(work, box=box, iterations=params.prealign_iterations,
+                                   max_shift=getattr(params, "max_shift", 0.0), seed=params.seed, device=device)
+    masked = work_images(pre.aligned, work_box=m)
+    timings = {"prealign": time.perf_counter() - t0}
+    searcher = RotationalSearch(m, device=device)
+    info: dict = {"method": method, "classes": int(k), "particles": int(n), "box": int(box), "work_box": int(m)}
+    trained = None
+    if method == "pca-kmeans":
+        features = pca_features(masked, params.pca_components, seed=params.seed)
+        labels, _ = kmeans_labels(features, k, seed=params.seed, n_init=params.n_init)
+        if params.refine_iterations:
+            info["kmeans_labels"] = labels.copy()
+            mparams = MRAParams(iterations=params.refine_iterations, work_box=m, seed=params.seed)
+            res = yield from iter_mra(masked, k, labels=labels, params=mparams, device=device, stage="refine")
+            labels, a, o = res.labels, res.angles, res.origins
+        else:
+            _, a, o, _ = align_within_classes(masked, labels, k, searcher)
+    elif method == "mra":
+        res = yield from iter_mra(masked, k, params=params, device=device)
+        labels, a, o, features = res.labels, res.angles, res.origins, res.scores
+        info["history"] = res.history
+    else:
+        if model is not None and not train:
+            start = np.zeros(n, np.int64)
+        else:
+            start, _ = kmeans_labels(pca_features(masked, params.pca_components, seed=params.seed), k,
+                                     seed=params.seed)
+        info["initial_labels"] = start
+        sres = yield from iter_train_siamese(masked, k, start, params, device=device, model=model, train=train)
+        trained, labels, features = sres.model, sres.labels, sres.embeddings
+        info["history"] = sres.history
+        info["siamese_labels"] = labels.copy()
+        timings["siamese"] = time.perf_counter() - t0 - sum(timings.values())
+        if params.refine_iterations:
+            mparams = MRAParams(iterations=params.refine_iterations, work_box=m, seed=params.seed)
+            res = yield from iter_mra(masked, k, labels=labels, params=mparams, device=device, stage="refine")
+            labels, a, o = res.labels, res.angles, res.origins
+            info["refine_history"] = res.history
+        else:
+            _, a, o, _ = align_within_classes(masked, labels, k, searcher)
+    labels = order_by_size(labels, k)
+    psi, origins = compose(pre.angles, pre.origins, a, o * pre.scale)
+    timings["cluster"] = time.perf_counter() - t0 - sum(timings.values())
+    embedding = pca_features(features, 2, seed=params.seed) if features.shape[1] >= 2 else np.c_[features, np.zeros(n)]
+    info["silhouette"] = silhouette(features, labels, seed=params.seed)
+    info["alignment"] = (psi, origins)  # to each class's work-grid reference, input pixels
+    avg = None
+    if averages:
+        avg = yield from iter_class_averages(x, labels, k, angles=psi, origins=origins, refine=refine_averages,
+                                             device=device)
+        timings["averages"] = time.perf_counter() - t0 - sum(timings.values())
+    timings["total"] = time.perf_counter() - t0
+    info["seconds"] = timings
+    return ClusterResult(labels, features, embedding, avg, trained, info)
+
+
+def iter_cluster_range(images, ks: Sequence[int], **kwargs) -> Generator[ProgressEvent, None, ClusterResult]:
+    """Cluster for every k in ``ks`` and keep the one with the highest silhouette score of its features.
+
+    The chosen result's ``info["model_selection"]`` lists ``{k: silhouette}``.
+    """
+    want_averages = kwargs.pop("averages", True)
+    refine = kwargs.pop("refine_averages", True)
+    best, scores = None, {}
+    for k in ks:
+        res = yield from iter_cluster(images, int(k), averages=False, **kwargs)
+        scores[int(k)] = res.info["silhouette"]
+        if best is None or scores[int(k)] > best.info["silhouette"]:
+            best = res
+    best.info["model_selection"] = {"score": "silhouette", "values": scores}
+    if want_averages:  # only for the chosen K
+        psi, origins = best.info["alignment"]
+        avg = yield from iter_class_averages(_read_all(images), best.labels, best.k, angles=psi, origins=origins,
+                                             refine=refine, device=kwargs.get("device", "cpu"))
+        best = replace(best, averages=avg)
+    return best
+
+
+def cluster(images, k: int, **kwargs) -> ClusterResult:
+    """Synchronous :func:`iter_cluster`."""
+    from ..progress import run
+
+    return run(iter_cluster(images, k, **kwargs))

@@ -1,0 +1,96 @@
+"""Pseudo-labels for clustering: features, KMeans, label bookkeeping and the pairs a Siamese network trains on."""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+from ..metrics.clustering import adjusted_rand_index
+
+
+def work_images(images, *, work_box: int, mask_fraction: float | None = 0.45) -> np.ndarray:
+    """(n, N, N) -> (n, m, m) float32 images Fourier-cropped to ``m = min(N, work_box)`` (a low-pass),
+    each masked by a soft disc (radius ``mask_fraction * m``; None: no mask), zero-mean and of unit
+    variance inside it.
+
+    Class differences live at low resolution; the crop also raises the per-pixel SNR and makes every later
+    step ``(N / m)²`` times cheaper.
+    """
+    x = torch.as_tensor(np.ascontiguousarray(images, dtype=np.float32))
+    if x.ndim == 2:
+        x = x[None]
+    box = x.shape[-1]
+    m = min(box, work_box)
+    if m < box:
+        f = torch.fft.rfft2(x)
+        h = m // 2
+        rows = torch.cat([f[..., :h, : h + 1], f[..., box - h :, : h + 1]], dim=-2)
+        x = torch.fft.irfft2(rows, s=(m, m)) * (m * m) / (box * box)
+    disc = soft_mask(m, mask_fraction * m) if mask_fraction else torch.ones((m, m))
+    x = x - (x * disc).sum((-2, -1), keepdim=True) / disc.sum()
+    x = x * disc
+    x = x / x.flatten(1).std(1).clamp_min(1e-12)[:, None, None]
+    return x.numpy().astype(np.float32)
+
+
+def soft_mask(box: int, radius: float, edge: float = 2.0) -> torch.Tensor:
+    """(box, box) disc about ``box // 2`` with a raised-cosine edge ``edge`` pixels wide."""
+    y = torch.arange(box, dtype=torch.float32) - box // 2
+    r = torch.sqrt(y[:, None] ** 2 + y[None, :] ** 2)
+    t = ((r - radius) / edge).clamp(0, 1)
+    return 0.5 * (1 + torch.cos(torch.pi * t))
+
+
+def pca_features(x: np.ndarray, n_components: int, *, seed: int = 0) -> np.ndarray:
+    """(n, ...) -> (n, c) principal-component scores (randomised SVD), c = min(n_components, n - 1, d)."""
+    from sklearn.decomposition import PCA
+
+    flat = np.asarray(x, dtype=np.float32).reshape(len(x), -1)
+    c = max(1, min(n_components, flat.shape[0] - 1, flat.shape[1]))
+    return PCA(c, svd_solver="randomized", random_state=seed).fit_transform(flat).astype(np.float32)
+
+
+def kmeans_labels(features: np.ndarray, k: int, *, seed: int = 0, n_init: int = 4) -> tuple[np.ndarray, np.ndarray]:
+    """KMeans (k-means++ start, ``n_init`` restarts): labels (n,) in 0..k-1 and centres (k, d)."""
+    from sklearn.cluster import KMeans
+
+    km = KMeans(n_clusters=k, n_init=n_init, random_state=seed).fit(np.asarray(features, dtype=np.float64))
+    return km.labels_.astype(np.int64), km.cluster_centers_.astype(np.float32)
+
+
+def order_by_size(labels: np.ndarray, k: int) -> np.ndarray:
+    """Relabel so that class 0 is the largest (ties: lower old label first); returns the new labels."""
+    counts = np.bincount(labels, minlength=k)
+    order = np.lexsort((np.arange(k), -counts))  # old labels, largest first
+    new = np.empty(k, np.int64)
+    new[order] = np.arange(k)
+    return new[labels]
+
+
+def labels_agreement(a: np.ndarray, b: np.ndarray) -> float:
+    """ARI between two labelings of the same particles (1: the same partition)."""
+    return adjusted_rand_index(a, b)
+
+
+def sample_pairs(labels: np.ndarray, n_pairs: int, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Index pairs (i, j) and targets y: half same-label (y = 0), half different-label (y = 1).
+
+    Classes are drawn uniformly (not by size), so a small class is seen as often as a large one. With a
+    single non-empty class every pair is a same-label pair.
+    """
+    classes = [np.flatnonzero(labels == c) for c in np.unique(labels)]
+    classes = [c for c in classes if len(c)]
+    n_same = n_pairs // 2 if len(classes) > 1 else n_pairs
+    n_diff = n_pairs - n_same
+    a_cls = rng.integers(0, len(classes), n_same)
+    i_same = np.array([classes[c][rng.integers(len(classes[c]))] for c in a_cls], dtype=np.int64)
+    j_same = np.array([classes[c][rng.integers(len(classes[c]))] for c in a_cls], dtype=np.int64)
+    if n_diff:
+        c1 = rng.integers(0, len(classes), n_diff)
+        c2 = (c1 + rng.integers(1, len(classes), n_diff)) % len(classes)
+        i_diff = np.array([classes[c][rng.integers(len(classes[c]))] for c in c1], dtype=np.int64)
+        j_diff = np.array([classes[c][rng.integers(len(classes[c]))] for c in c2], dtype=np.int64)
+    else:
+        i_diff = j_diff = np.zeros(0, np.int64)
+    y = np.concatenate([np.zeros(n_same), np.ones(n_diff)]).astype(np.float32)
+    return np.concatenate([i_same, i_diff]), np.concatenate([j_same, j_diff]), y

@@ -1,0 +1,130 @@
+"""`cryoden cluster` and `cryoden subset` end to end, in-process; bad inputs exit 2 naming the file."""
+
+from __future__ import annotations
+
+import warnings
+
+import numpy as np
+import pandas as pd
+import pytest
+import starfile
+
+from napari_cryoden.cli import main
+from napari_cryoden.io.mrc import read_mrc
+from napari_cryoden.metrics import adjusted_rand_index
+from napari_cryoden.sample_data import SAMPLE_CLASS_VIEWS, builtin_map
+from napari_cryoden.simulate import simulate_particles
+
+BOX = 40
+
+
+@pytest.fixture(autouse=True)
+def _restore_showwarning():
+    saved = warnings.showwarning
+    yield
+    warnings.showwarning = saved
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("cluster")
+    m = builtin_map()
+    sim = simulate_particles(m.data, voxel_size=m.pixel_size, pixel_size=m.pixel_size * 56 / BOX * 0.9,
+                             n_particles=90, box=BOX, class_views=SAMPLE_CLASS_VIEWS, max_shift=3.0, snr=2.0,
+                             mask_radius=BOX * 0.4, seed=2)
+    sim.save(tmp / "p.mrcs", tmp / "truth.star")
+    return tmp, sim
+
+
+def run(capsys, *argv):
+    try:
+        rc = main([str(a) for a in argv])
+    except SystemExit as exc:
+        rc = exc.code
+    out, err = capsys.readouterr()
+    return rc, out, err
+
+
+FAST = ("--epochs", "0.5")
+
+
+def test_cluster_star_writes_classes_averages_embedding_and_model(data, capsys, tmp_path):
+    tmp, sim = data
+    out, avg, emb, model = tmp_path / "c.star", tmp_path / "avg.mrcs", tmp_path / "e.csv", tmp_path / "m.pt"
+    rc, stdout, err = run(capsys, "-q", "cluster", tmp / "truth.star", "-o", out, "--classes", 3, "--averages", avg,
+                          "--embedding", emb, "--save-model", model, "--seed", 1, *FAST)
+    assert rc == 0, err
+    star = starfile.read(out, always_dict=True)
+    particles = star["particles"]
+    truth = starfile.read(tmp / "truth.star", always_dict=True)["particles"]
+    # The input's columns are kept, rlnClassNumber is replaced by ours (1-based, 1 = largest).
+    assert set(truth.columns) <= set(particles.columns)
+    classes = particles["rlnClassNumber"].to_numpy()
+    assert sorted(set(classes)) == [1, 2, 3]
+    counts = np.bincount(classes)[1:]
+    assert list(counts) == sorted(counts, reverse=True)
+    assert adjusted_rand_index(sim.classes, classes) == 1.0
+    # Image names still resolve from the output's folder.
+    assert (out.parent / particles["rlnImageName"].iloc[0].split("@")[1]).exists()
+    stack = read_mrc(avg)
+    assert stack.data.shape == (3, BOX, BOX)
+    assert stack.pixel_size == pytest.approx(sim.pixel_size, rel=1e-4)
+    table = pd.read_csv(emb)
+    assert list(table.columns) == ["particle", "class", "confidence", "distance", "x", "y"]
+    assert np.array_equal(table["class"], classes)
+    assert model.exists()
+    # Applying the saved model (no training) gives a clustering again.
+    out2 = tmp_path / "c2.star"
+    rc, _, err = run(capsys, "-q", "cluster", tmp / "p.mrcs", "-o", out2, "--classes", 3, "--model", model)
+    assert rc == 0, err
+    again = starfile.read(out2, always_dict=True)["particles"]["rlnClassNumber"].to_numpy()
+    assert adjusted_rand_index(classes, again) > 0.9
+    # evaluate clusters agrees.
+    rc, stdout, _ = run(capsys, "evaluate", "clusters", "--truth", tmp / "truth.star", "--estimate", out)
+    assert rc == 0 and "ARI" in stdout
+
+
+def test_cluster_range_picks_k_by_silhouette_and_subset_matches(data, capsys, tmp_path):
+    tmp, sim = data
+    out = tmp_path / "c.star"
+    rc, stdout, err = run(capsys, "-q", "cluster", tmp / "p.mrcs", "-o", out, "--classes", "2-4",
+                          "--method", "pca-kmeans")
+    assert rc == 0, err
+    assert "silhouette by K" in stdout
+    classes = starfile.read(out, always_dict=True)["particles"]["rlnClassNumber"].to_numpy()
+    sub = tmp_path / "sub.star"
+    rc, stdout, err = run(capsys, "subset", out, "--classes", "1", "-o", sub)
+    assert rc == 0, err
+    kept = starfile.read(sub, always_dict=True)["particles"]
+    assert len(kept) == int((classes == 1).sum())
+    assert set(kept["rlnClassNumber"]) == {1}
+    rc, _, err = run(capsys, "subset", out, "--classes", "9", "-o", tmp_path / "none.star")
+    assert rc == 2 and str(out) in err
+
+
+def test_cluster_mra_method_runs(data, capsys, tmp_path):
+    tmp, sim = data
+    out = tmp_path / "m.star"
+    rc, _, err = run(capsys, "-q", "cluster", tmp / "p.mrcs", "-o", out, "--classes", 3, "--method", "mra")
+    assert rc == 0, err
+    classes = starfile.read(out, always_dict=True)["particles"]["rlnClassNumber"].to_numpy()
+    assert adjusted_rand_index(sim.classes, classes) == 1.0
+
+
+def test_bad_inputs_exit_2_naming_the_file(data, capsys, tmp_path):
+    tmp, _ = data
+    missing = tmp_path / "missing.mrcs"
+    rc, _, err = run(capsys, "cluster", missing, "-o", tmp_path / "o.star", "--classes", 3)
+    assert rc == 2 and str(missing) in err and err.count("\n") == 1
+    bad = tmp_path / "bad.mrcs"
+    bad.write_bytes(b"not an mrc file at all" * 20)
+    rc, _, err = run(capsys, "cluster", bad, "-o", tmp_path / "o.star", "--classes", 3)
+    assert rc == 2 and str(bad) in err
+    rc, _, err = run(capsys, "cluster", tmp / "p.mrcs", "-o", tmp_path / "o.star", "--classes", 500)
+    assert rc == 2 and "p.mrcs" in err
+    rc, _, err = run(capsys, "cluster", tmp / "truth.star", "-o", tmp / "truth.star", "--classes", 3)
+    assert rc == 2 and "truth.star" in err
+    rc, _, err = run(capsys, "cluster", tmp / "p.mrcs", "-o", tmp_path / "o.star", "--classes", "x")
+    assert rc == 2 and "--classes" in err
+    rc, _, err = run(capsys, "subset", tmp / "p.mrcs", "--classes", "1", "-o", tmp_path / "s.star")
+    assert rc == 2
