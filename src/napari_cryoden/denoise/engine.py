@@ -45,7 +45,7 @@ METHODS = ("self2self", "fourier-n2n", "n2n-halves")
 class EngineParams:
     """Settings shared by the self-supervised methods (defaults run in minutes on a 2-core CPU)."""
 
-    patch_size: int = param(48, "training patch side in voxels (3D) or pixels (2D); rounded to the network's multiple",
+    patch_size: int = param(32, "training patch side in voxels (3D) or pixels (2D); rounded to the network's multiple",
                             min=8, max=512)
     batch_size: int = param(8, "patches per training step", min=1, max=1024)
     epochs: int = param(100, "training epochs (an epoch = enough patches to cover the data once)", min=1)
