@@ -203,3 +203,26 @@ def tiled(core: BatchCore, *, tile: int, margin: int) -> BatchCore:
         return out
 
     return run_tiled
+
+
+def iter_tiled_method(data, core_images: Callable[[torch.Tensor, torch.Tensor], torch.Tensor], *, is_stack: bool,
+                      name, device: str, noise_sigma: float | None, min_side: int, tile: int, margin: int,
+                      bytes_per_image: Callable[[int, int], float], budget_bytes: float = 512e6):
+    """The registry adapter shared by the patch methods (BM3D, K-SVD, DDTF).
+
+    Validates the input, estimates the noise sigma when not given, picks how many (tile-sized) images fit
+    ``budget_bytes`` of working memory, and runs ``core_images(images, sigmas)`` image by image for stacks
+    and slice by slice for volumes, on overlapping tiles of ``tile`` pixels with ``margin`` pixels of context.
+    """
+    check_input(data, is_stack=is_stack, name=name, min_side=min_side)
+    dev = torch_device(device)
+    sigmas = noise_levels(data, is_stack=is_stack, noise_sigma=noise_sigma)
+    h, w = (min(s, tile + 2 * margin) for s in data.shape[-2:])
+    chunk = max(1, int(budget_bytes // bytes_per_image(h, w)))
+
+    def core(batch: np.ndarray, sig: np.ndarray) -> np.ndarray:
+        out = core_images(torch.as_tensor(batch, device=dev), torch.as_tensor(sig, dtype=torch.float32))
+        return out.cpu().numpy()
+
+    result = yield from iter_slicewise(data, tiled(core, tile=tile, margin=margin), sigmas=sigmas, chunk=chunk)
+    return result

@@ -36,15 +36,11 @@ import torch
 from ...params import param
 from ..registry import DenoiseMethod, register
 from ._common import (
-    check_input,
     dct_matrix,
     grid_positions,
     haar_matrix,
-    iter_slicewise,
-    noise_levels,
+    iter_tiled_method,
     single_thread,
-    tiled,
-    torch_device,
 )
 
 __all__ = ["BM3DParams", "bm3d_images", "iter_bm3d"]
@@ -219,25 +215,18 @@ def _bytes_per_image(h: int, w: int, p: int, step: int, k: int, search_window: i
 def iter_bm3d(data, params: BM3DParams, *, is_stack: bool, voxel_size=None, seed: int = 0, device: str = "auto",
               name=None):
     """BM3D (registry interface): 2D images, stacks image by image, volumes slice by slice along z."""
-    check_input(data, is_stack=is_stack, name=name, min_side=params.patch_size)
-    dev = torch_device(device)
-    sigmas = noise_levels(data, is_stack=is_stack, noise_sigma=params.noise_sigma)
-    margin = params.patch_size + params.search_window // 2          # all the context a block can use
-    h, w = (min(s, TILE + 2 * margin) for s in data.shape[-2:])
-    per_image = _bytes_per_image(h, w, params.patch_size, params.step, max(params.matches, params.wiener_matches),
-                                 params.search_window)
-    chunk = max(1, int(768e6 // per_image))
-
-    def core(batch: np.ndarray, sig: np.ndarray) -> np.ndarray:
-        out = bm3d_images(torch.as_tensor(batch, device=dev), torch.as_tensor(sig, dtype=torch.float32),
-                          patch_size=params.patch_size, search_window=params.search_window, step=params.step,
-                          matches=params.matches, wiener_matches=params.wiener_matches,
-                          threshold=params.threshold, wiener=params.wiener)
-        return out.cpu().numpy()
-
-    result = yield from iter_slicewise(data, tiled(core, tile=TILE, margin=margin), sigmas=sigmas, chunk=chunk)
+    result = yield from iter_tiled_method(
+        data, lambda images, sig: bm3d_images(
+            images, sig, patch_size=params.patch_size, search_window=params.search_window, step=params.step,
+            matches=params.matches, wiener_matches=params.wiener_matches, threshold=params.threshold,
+            wiener=params.wiener),
+        is_stack=is_stack, name=name, device=device, noise_sigma=params.noise_sigma, min_side=params.patch_size,
+        tile=TILE, margin=params.patch_size + params.search_window // 2,  # all the context a block can use
+        bytes_per_image=lambda h, w: _bytes_per_image(h, w, params.patch_size, params.step,
+                                                      max(params.matches, params.wiener_matches),
+                                                      params.search_window),
+        budget_bytes=768e6)
     return result
-
 
 register(DenoiseMethod(
     name="bm3d", title="BM3D", family="classical", params=BM3DParams, denoise=iter_bm3d,

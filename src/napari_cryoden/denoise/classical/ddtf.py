@@ -29,13 +29,9 @@ from ...params import param
 from ..registry import DenoiseMethod, register
 from ._common import (
     average_patches,
-    check_input,
     dct_matrix,
     extract_patches,
-    iter_slicewise,
-    noise_levels,
-    tiled,
-    torch_device,
+    iter_tiled_method,
 )
 
 __all__ = ["DDTFParams", "ddtf_images", "learn_tight_frame", "iter_ddtf"]
@@ -120,23 +116,14 @@ def ddtf_images(images: torch.Tensor, sigmas: torch.Tensor, *, patch_size: int =
 def iter_ddtf(data, params: DDTFParams, *, is_stack: bool, voxel_size=None, seed: int = 0, device: str = "auto",
               name=None):
     """DDTF (registry interface): 2D images, stacks image by image, volumes slice by slice along z."""
-    check_input(data, is_stack=is_stack, name=name, min_side=params.patch_size)
-    dev = torch_device(device)
-    sigmas = noise_levels(data, is_stack=is_stack, noise_sigma=params.noise_sigma)
-    margin = 2 * params.patch_size
-    h, w = (min(s, TILE + 2 * margin) for s in data.shape[-2:])
-    per_image = 4.0 * h * w * 5 * params.patch_size**2
-    chunk = max(1, int(512e6 // per_image))
-
-    def core(batch: np.ndarray, sig: np.ndarray) -> np.ndarray:
-        out = ddtf_images(torch.as_tensor(batch, device=dev), torch.as_tensor(sig, dtype=torch.float32),
-                          patch_size=params.patch_size, threshold=params.threshold, iterations=params.iterations,
-                          train_patches=params.train_patches, seed=seed)
-        return out.cpu().numpy()
-
-    result = yield from iter_slicewise(data, tiled(core, tile=TILE, margin=margin), sigmas=sigmas, chunk=chunk)
+    result = yield from iter_tiled_method(
+        data, lambda images, sig: ddtf_images(
+            images, sig, patch_size=params.patch_size, threshold=params.threshold, iterations=params.iterations,
+            train_patches=params.train_patches, seed=seed),
+        is_stack=is_stack, name=name, device=device, noise_sigma=params.noise_sigma, min_side=params.patch_size,
+        tile=TILE, margin=2 * params.patch_size,
+        bytes_per_image=lambda h, w: 4.0 * h * w * 5 * params.patch_size**2)
     return result
-
 
 register(DenoiseMethod(
     name="ddtf", title="DDTF (data-driven tight frame)", family="classical", params=DDTFParams, denoise=iter_ddtf,

@@ -33,13 +33,9 @@ from ...params import param
 from ..registry import DenoiseMethod, register
 from ._common import (
     average_patches,
-    check_input,
     extract_patches,
-    iter_slicewise,
-    noise_levels,
+    iter_tiled_method,
     single_thread,
-    tiled,
-    torch_device,
 )
 
 __all__ = ["KSVDParams", "ksvd_images", "omp", "overcomplete_dct", "iter_ksvd"]
@@ -263,25 +259,17 @@ def ksvd_images(images: torch.Tensor, sigmas: torch.Tensor, *, patch_size: int =
 def iter_ksvd(data, params: KSVDParams, *, is_stack: bool, voxel_size=None, seed: int = 0, device: str = "auto",
               name=None):
     """K-SVD (registry interface): 2D images, stacks image by image, volumes slice by slice along z."""
-    check_input(data, is_stack=is_stack, name=name, min_side=params.patch_size)
-    dev = torch_device(device)
-    sigmas = noise_levels(data, is_stack=is_stack, noise_sigma=params.noise_sigma)
-    margin = 2 * params.patch_size
-    h, w = (min(s, TILE + 2 * margin) for s in data.shape[-2:])
-    # working set per image: patches and reconstructions (p² floats per patch) plus OMP correlations
-    per_image = 4.0 * h * w * (4 * params.patch_size**2 + 2 * params.sparsity) + 4.0 * _OMP_CHUNK * params.n_atoms
-    chunk = max(1, int(512e6 // per_image))
-
-    def core(batch: np.ndarray, sig: np.ndarray) -> np.ndarray:
-        out = ksvd_images(torch.as_tensor(batch, device=dev), torch.as_tensor(sig, dtype=torch.float32),
-                          patch_size=params.patch_size, n_atoms=params.n_atoms, sparsity=params.sparsity,
-                          iterations=params.iterations, error_gain=params.error_gain,
-                          train_patches=params.train_patches, step=params.step, seed=seed)
-        return out.cpu().numpy()
-
-    result = yield from iter_slicewise(data, tiled(core, tile=TILE, margin=margin), sigmas=sigmas, chunk=chunk)
+    result = yield from iter_tiled_method(
+        data, lambda images, sig: ksvd_images(
+            images, sig, patch_size=params.patch_size, n_atoms=params.n_atoms, sparsity=params.sparsity,
+            iterations=params.iterations, error_gain=params.error_gain, train_patches=params.train_patches,
+            step=params.step, seed=seed),
+        is_stack=is_stack, name=name, device=device, noise_sigma=params.noise_sigma, min_side=params.patch_size,
+        tile=TILE, margin=2 * params.patch_size,
+        # working set per image: patches and reconstructions (p² floats per patch) plus OMP correlations
+        bytes_per_image=lambda h, w: 4.0 * h * w * (4 * params.patch_size**2 + 2 * params.sparsity)
+        + 4.0 * _OMP_CHUNK * params.n_atoms)
     return result
-
 
 register(DenoiseMethod(
     name="ksvd", title="K-SVD", family="classical", params=KSVDParams, denoise=iter_ksvd,
