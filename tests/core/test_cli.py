@@ -25,14 +25,6 @@ from napari_cryoden.io.star import ParticleTable, make_optics_table, read_star, 
 
 
 # ------------------------------------------------------------------------------------------- helpers
-@pytest.fixture(autouse=True)
-def _restore_showwarning():
-    """main() installs its own warnings.showwarning; keep it from leaking into other tests."""
-    saved = warnings.showwarning
-    yield
-    warnings.showwarning = saved
-
-
 def run(capsys, *argv) -> tuple[int, str, str]:
     """(exit status, stdout, stderr) of ``cryoden ARGV``; argparse exits are turned into statuses."""
     try:

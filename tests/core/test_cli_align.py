@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import warnings
 
 import numpy as np
 import pytest
@@ -16,13 +15,6 @@ from napari_cryoden.sample_data import builtin_map
 from napari_cryoden.simulate import project_map, resample_map, simulate_alignment_stack
 
 BOX = 40
-
-
-@pytest.fixture(autouse=True)
-def _restore_showwarning():
-    saved = warnings.showwarning
-    yield
-    warnings.showwarning = saved
 
 
 @pytest.fixture(scope="module")

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import warnings
-
 import numpy as np
 import pandas as pd
 import pytest
@@ -16,13 +14,6 @@ from napari_cryoden.sample_data import SAMPLE_CLASS_VIEWS, builtin_map
 from napari_cryoden.simulate import simulate_particles
 
 BOX = 40
-
-
-@pytest.fixture(autouse=True)
-def _restore_showwarning():
-    saved = warnings.showwarning
-    yield
-    warnings.showwarning = saved
 
 
 @pytest.fixture(scope="module")
