@@ -66,11 +66,21 @@ def machine() -> dict:
     }
 
 
+#: 1-minute load average when the benchmark script started (this module is imported first thing).
+START_LOAD = os.getloadavg()[0] if hasattr(os, "getloadavg") else None
+
+
 def machine_line(info: dict) -> str:
+    start = f"{START_LOAD:.2f}" if START_LOAD is not None else "?"
+    end = info.get("load_average")
+    busy = max(START_LOAD or 0.0, float(end or 0.0)) > (info.get("cores") or 2) + 0.5
+    note = (" Other jobs shared the CPU during this run, so times are upper bounds." if busy else
+            " No other job of note ran beside it.")
     return (f"Measured {info['date']} on {info['cpu']} ({info['cores']} cores, {info['memory_gb']} GB RAM, "
             f"GPU: {info['gpu']}); Python {info['python']}, torch {info['torch']}, numpy {info['numpy']}, "
             f"napari-cryoden {info['napari_cryoden']} ({info['commit'] or 'uncommitted'}); load average "
-            f"{info.get('load_average')} at the end of the run (2 = both cores busy).")
+            f"{start} at the start and {end} at the end of the run (the benchmark itself keeps "
+            f"{info.get('cores')} cores busy).{note}")
 
 
 def write_section(name: str, title: str, body: str, results: dict) -> None:

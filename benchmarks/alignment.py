@@ -161,8 +161,7 @@ def main() -> None:
                           "particles/s": 2048 / res.info["seconds"]})
     info = machine()
     body = "\n\n".join([
-        "Written by `benchmarks/alignment.py`. " + machine_line(info) + " The 2-core CPU was shared with "
-        "other jobs during this run, so speeds are lower bounds.",
+        "Written by `benchmarks/alignment.py`. " + machine_line(info),
         f"{n} particles per stack; median angular error (degrees, modulo 360/symmetry) / median shift error "
         "(pixels). `fft ref`: classical to the known reference; `fft free`: classical reference-free (after "
         "removing the global rotation and its shift); `udl`/`judl`: the network's angle, then the same "

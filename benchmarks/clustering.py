@@ -117,9 +117,7 @@ def main() -> None:
         print(timing[-1], flush=True)
     info = machine()
     body = "\n\n".join([
-        "Written by `benchmarks/clustering.py`. " + machine_line(info) + " The 2-core CPU was shared with "
-        "other engineers' jobs during this run, so every time is inflated (lower bounds on speed) and the "
-        "times of different rows are not comparable with each other.",
+        "Written by `benchmarks/clustering.py`. " + machine_line(info),
         f"{n} particles per stack, 6 classes (3 views of emd_5625 and of emd_1832), 64², ψ ~ U(0, 360)°, "
         "shifts ~ U(−5, 5) px, no CTF. ARI / NMI / accuracy (Hungarian) against the true classes; "
         "`averages vs truth`: normalised cross-correlation of each class average with its matched true view "

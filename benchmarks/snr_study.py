@@ -262,8 +262,7 @@ def main() -> None:
     info = machine()
     table = markdown_table(rows, floatfmt=".4g")
     body = "\n\n".join([
-        "Written by `benchmarks/snr_study.py`. " + machine_line(info) + " The 2 cores were shared with other "
-        "jobs during this run, so times are upper bounds.",
+        "Written by `benchmarks/snr_study.py`. " + machine_line(info),
         f"Particles: {BOX}² projections of {', '.join(m[0] for m in maps)} (pixel size chosen so each map fits "
         f"the box: {', '.join(f'{m[3]:.2f}' for m in maps)} Å), random views, in-plane rotations and shifts, "
         f"full CTF (defocus 1-2.5 µm), white noise at each SNR (signal variance / noise variance); {n_test} "

@@ -45,3 +45,9 @@ def builtin_map():
     from napari_cryoden.sample_data import builtin_map as load
 
     return load()
+
+
+@pytest.fixture(autouse=True)
+def _isolated_widget_settings(tmp_path_factory, monkeypatch):
+    """Widget settings persist in a per-test folder, never in the user's config."""
+    monkeypatch.setenv("CRYODEN_CONFIG_DIR", str(tmp_path_factory.mktemp("cryoden-config")))

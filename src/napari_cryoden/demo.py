@@ -22,8 +22,9 @@ from .sample_data import sample_particles, sample_tomogram
 log = logging.getLogger(__name__)
 
 
-def run_demo(outdir: str | os.PathLike, *, seed: int = 0, quick: bool = False) -> Path:
-    """Simulate, evaluate and plot; returns the path of ``report.md`` in ``outdir``."""
+def run_demo(outdir: str | os.PathLike, *, seed: int = 0, quick: bool = False, screenshots: bool = True) -> Path:
+    """Simulate, denoise, align, cluster, evaluate and plot; with ``screenshots``, also a screenshot of every
+    dock widget after a real run (napari under Xvfb, in a subprocess). Returns the path of ``report.md``."""
     from tqdm import tqdm
 
     out = Path(outdir)
@@ -34,7 +35,7 @@ def run_demo(outdir: str | os.PathLike, *, seed: int = 0, quick: bool = False) -
     except OSError as exc:
         raise CryodenOutputError(out, f"cannot create the folder ({exc.strerror})") from exc
     sections: list[str] = []
-    steps = tqdm(total=5, desc="demo", unit="step")
+    steps = tqdm(total=7, desc="demo", unit="step")
     t0 = time.perf_counter()
 
     # 1. Tomogram phantom with even/odd halves.
@@ -132,7 +133,36 @@ def run_demo(outdir: str | os.PathLike, *, seed: int = 0, quick: bool = False) -
     ]))
     steps.update()
 
-    # 5. Report.
+    # 5. Clustering of the whole stack into its classes (Siamese + MRA refinement, the default).
+    from .cluster import cluster
+    from .metrics import adjusted_rand_index, clustering_accuracy
+
+    cres = cluster(sim.images, len(sim.references), method="siamese")
+    ari = adjusted_rand_index(sim.classes, cres.labels)
+    acc = clustering_accuracy(sim.classes, cres.labels)
+    plot_montage(cres.averages.averages, out / "class_averages.png",
+                 labels=[f"class {c + 1}: {int(n)}" for c, n in enumerate(cres.counts)],
+                 columns=len(cres.counts))
+    sections.append("\n".join([
+        "## Clustering (Siamese + MRA refinement)",
+        f"{len(cres.labels)} particles into {cres.k} classes in {cres.info['seconds']['total']:.1f} s: ARI "
+        f"{ari:.3f}, accuracy {acc:.3f} against the true classes; class averages, largest class first:",
+        "",
+        "![class averages](class_averages.png)",
+    ]))
+    steps.update()
+
+    # 6. Screenshots of every dock widget after a real run.
+    if screenshots:
+        shots, problem = widget_screenshots(out / "screenshots", budget=3.0 if quick else 20.0)
+        lines = ["## The dock widgets", ""]
+        lines += [f"![{p.stem}](screenshots/{p.name})" for p in shots]
+        if problem:
+            lines.append(f"Screenshots incomplete: {problem}")
+        sections.append("\n".join(lines))
+    steps.update()
+
+    # 7. Report.
     header = "\n".join([
         "# napari-cryoden demo report",
         "",
@@ -145,6 +175,35 @@ def run_demo(outdir: str | os.PathLike, *, seed: int = 0, quick: bool = False) -
     steps.update()
     steps.close()
     return report
+
+
+def widget_screenshots(outdir: Path, *, budget: float) -> tuple[list[Path], str | None]:
+    """Run ``python -m napari_cryoden._plugin.screenshots`` (under ``xvfb-run`` when there is no display);
+    returns the PNGs written and, when something was missing or failed, why."""
+    import importlib.util
+    import shutil
+    import subprocess
+    import sys
+
+    if importlib.util.find_spec("napari") is None:
+        return [], "napari is not installed"
+    cmd = [sys.executable, "-m", "napari_cryoden._plugin.screenshots", str(outdir), "--budget", f"{budget:g}"]
+    if not os.environ.get("DISPLAY"):
+        xvfb = shutil.which("xvfb-run")
+        if xvfb is None:
+            return [], "no X display and no xvfb-run (install xvfb, or run `make demo`, which does)"
+        cmd = [xvfb, "-a", "-s", "-screen 0 1600x1000x24", *cmd]
+    env = {**os.environ, "QT_QPA_PLATFORM": "xcb"}
+    try:
+        proc = subprocess.run(cmd, capture_output=True, text=True, timeout=1200, env=env)
+    except subprocess.TimeoutExpired:
+        return sorted(outdir.glob("widget_*.png")), "the screenshot run took over 20 minutes and was stopped"
+    shots = sorted(outdir.glob("widget_*.png"), key=lambda p: p.stat().st_mtime)
+    if proc.returncode != 0:
+        tail = (proc.stderr or proc.stdout).strip().splitlines()[-1:] or ["no output"]
+        log.warning("widget screenshots failed: %s", tail[0])
+        return shots, f"the screenshot run failed ({tail[0]})"
+    return shots, None
 
 
 def metrics_snr(ph) -> float:

@@ -296,7 +296,7 @@ def test_evaluate_clusters_relabelled(capsys, tmp_path, particles_sim):
 # ------------------------------------------------------------------------------------------------ demo
 def test_demo_quick_writes_report_and_figures(capsys, tmp_path):
     out_dir = tmp_path / "demo"
-    rc, out, _ = run(capsys, "demo", out_dir, "--quick")
+    rc, out, _ = run(capsys, "demo", out_dir, "--quick", "--no-screenshots")
     assert rc == 0
     report = out_dir / "report.md"
     assert report.exists()

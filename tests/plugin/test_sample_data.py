@@ -81,3 +81,20 @@ def test_manifest_commands_resolve():
     for command in manifest["contributions"]["commands"]:
         module, _, attr = command["python_name"].partition(":")
         assert callable(getattr(importlib.import_module(module), attr)), command["id"]
+
+
+def test_demo_saves_a_screenshot_of_every_widget(tmp_path):
+    """`cryoden demo` runs every dock widget in a real napari window (a subprocess, on this test's X server)
+    and saves one screenshot each; none may be black."""
+    from skimage.io import imread
+
+    from napari_cryoden.demo import widget_screenshots
+
+    shots, problem = widget_screenshots(tmp_path / "shots", budget=2.0)
+    assert problem is None
+    names = {p.name for p in shots}
+    assert names == {f"widget_{w}.png" for w in ("simulate", "align", "cluster", "cluster_averages", "denoise",
+                                                  "compare")}
+    for path in shots:
+        img = imread(path)
+        assert img.ndim == 3 and img.shape[0] > 500 and img[..., :3].mean() > 5, path.name

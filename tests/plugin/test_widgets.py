@@ -97,6 +97,40 @@ def test_align_cancel_and_bad_input(particle_viewer, qtbot, monkeypatch):
     assert len(viewer.layers) == n_layers
 
 
+def test_align_with_a_udl_network_trains_saves_and_reuses_the_model(particle_viewer, qtbot, tmp_path):
+    viewer, sim = particle_viewer
+    _, w = viewer.window.add_plugin_dock_widget(PLUGIN, "Align")
+    w.stack.value = viewer.layers["particles"]
+    w.reference.value = None
+    w.method.value = "udl"
+    assert not w.deep_box.native.isHidden()
+    w.deep_form["epochs"].value = 1
+    w.deep_form["steps_per_epoch"].value = 4
+    w.deep_form["batch_size"].value = 8
+    w.run()
+    _wait(w, qtbot)
+    assert w.model is not None and w.model.kind == "align/udl"
+    feats = viewer.layers["particles angles"].features
+    assert {"psi", "network_psi", "score"} <= set(feats.columns) and len(feats) == 40
+    assert viewer.layers["particles average"].metadata["trained_here"] is True
+    # The cross-correlation refinement gives every particle a finite angle and a positive score.
+    assert np.isfinite(feats["psi"]).all() and (feats["score"] > 0).all()
+    path = w.save_model_to(str(tmp_path / "udl.pt"))
+    assert path is not None and path.exists()
+
+    viewer.layers.remove("particles average")
+    _, w2 = viewer.window.add_plugin_dock_widget(PLUGIN, "Align")
+    assert w2.method.value == "udl"  # remembered from the last run
+    assert w2.deep_form["steps_per_epoch"].value == 4
+    w2.method.value = "fft"
+    w2.load_model_from(str(path))
+    assert w2.method.value == "udl" and w2.model.kind == "align/udl"
+    w2.stack.value = viewer.layers["particles"]
+    w2.run()
+    _wait(w2, qtbot)
+    assert viewer.layers["particles average"].metadata["trained_here"] is False
+
+
 def test_compare_table_and_frc(make_napari_viewer, qtbot):
     viewer = make_napari_viewer()
     rng = np.random.default_rng(0)

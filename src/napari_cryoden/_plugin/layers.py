@@ -129,3 +129,18 @@ def layer_input(layer) -> tuple[np.ndarray, bool, tuple]:
     if is_stack and len(voxel) == 3:
         voxel = (voxel[-1], voxel[-2], voxel[-1])
     return data, is_stack, voxel
+
+
+def particle_stack_input(layer, *, check_values: int = 256) -> np.ndarray:
+    """The data of a particle-stack layer (see :func:`layer_input`), checked: an (n, N, N) stack of square
+    images whose first ``check_values`` images are finite. Raises CryodenInputError naming the layer."""
+    from ..errors import CryodenInputError
+
+    if layer is None:
+        raise CryodenInputError(None, "choose a particle stack layer")
+    data, _, _ = layer_input(layer)
+    if data.ndim != 3 or data.shape[1] != data.shape[2]:
+        raise CryodenInputError(layer.name, f"a particle stack (n, N, N) is required, got shape {data.shape}")
+    if not np.isfinite(np.asarray(data[: min(len(data), check_values)])).all():
+        raise CryodenInputError(layer.name, "contains NaN or Inf values")
+    return data

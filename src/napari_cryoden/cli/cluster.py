@@ -7,13 +7,10 @@ from pathlib import Path
 
 import numpy as np
 
+from ..cluster.pipeline import SCORE_COLUMN, class_members, with_classes
 from ..errors import CryodenInputError
 from ..io.star import rebase_image_names
 from ._common import check_outputs, positive_float
-
-#: Per-particle confidence column written beside rlnClassNumber (normalised cross-correlation of the aligned
-#: particle with its class average, in [-1, 1]).
-SCORE_COLUMN = "rlnCryodenClassScore"
 
 
 def parse_classes(text: str) -> list[int]:
@@ -107,11 +104,8 @@ def cmd_cluster(args) -> int:
               f" -> K = {result.k}")
 
     out = Path(args.output)
-    rows = table.particles.copy()
+    rows = with_classes(table.particles, result)
     rows["rlnImageName"] = rebase_image_names(table, out)
-    rows["rlnClassNumber"] = result.labels + 1
-    if result.averages is not None:
-        rows[SCORE_COLUMN] = result.averages.score
     write_star(out, table.with_particles(rows), inputs=inputs)
     counts = result.counts
     print(f"wrote {out} (rlnClassNumber 1..{result.k}, 1 = largest; {SCORE_COLUMN})")
@@ -141,12 +135,10 @@ def cmd_subset(args) -> int:
     if "rlnClassNumber" not in table.particles:
         raise CryodenInputError(args.input, "lacks the rlnClassNumber column (run `cryoden cluster` first)")
     wanted = parse_classes(args.classes)
-    present = set(table.particles["rlnClassNumber"].astype(int))
-    missing = sorted(set(wanted) - present)
-    if missing:
-        raise CryodenInputError(args.input, f"has no particles in class(es) {missing}; classes present: "
-                                            f"{sorted(present)}")
-    keep = table.particles["rlnClassNumber"].astype(int).isin(wanted).to_numpy()
+    try:
+        keep = class_members(table.particles["rlnClassNumber"], wanted)
+    except ValueError as exc:
+        raise CryodenInputError(args.input, f"has {exc}") from exc
     out = Path(args.output)
     rows = table.particles.copy()
     rows["rlnImageName"] = rebase_image_names(table, out)

@@ -3,18 +3,31 @@ class averages ordered by size. ``docs/cluster.md`` describes the methods."""
 
 from .averages import ClassAverages, iter_class_averages
 from .mra import MRAParams, iter_mra, iter_prealign
-from .pipeline import METHODS, PARAMS, ClusterResult, PCAKMeansParams, cluster, iter_cluster, iter_cluster_range
+from .pipeline import (
+    METHODS,
+    PARAMS,
+    SCORE_COLUMN,
+    ClusterResult,
+    PCAKMeansParams,
+    class_members,
+    cluster,
+    iter_cluster,
+    iter_cluster_range,
+    with_classes,
+)
 from .siamese import Encoder, SiameseParams, contrastive_loss, iter_train_siamese
 
 __all__ = [
     "METHODS",
     "PARAMS",
+    "SCORE_COLUMN",
     "ClassAverages",
     "ClusterResult",
     "Encoder",
     "MRAParams",
     "PCAKMeansParams",
     "SiameseParams",
+    "class_members",
     "cluster",
     "contrastive_loss",
     "iter_class_averages",
@@ -23,4 +36,5 @@ __all__ = [
     "iter_mra",
     "iter_prealign",
     "iter_train_siamese",
+    "with_classes",
 ]

