@@ -119,3 +119,32 @@ def test_bad_inputs_exit_2_naming_the_file(data, capsys, tmp_path):
     assert rc == 2 and "--classes" in err
     rc, _, err = run(capsys, "subset", tmp / "p.mrcs", "--classes", "1", "-o", tmp_path / "s.star")
     assert rc == 2
+
+
+def test_cluster_batch_over_a_folder_is_resumable_and_reports_bad_files(data, capsys, tmp_path):
+    tmp, sim = data
+    folder = tmp_path / "stacks"
+    folder.mkdir()
+    from napari_cryoden.io.mrc import write_mrc
+
+    for i in range(2):  # two halves of the stack as two inputs
+        write_mrc(folder / f"part{i}.mrcs", sim.images[i::2], voxel_size=sim.pixel_size, is_stack=True)
+    out = tmp_path / "out"
+    rc, stdout, err = run(capsys, "-q", "cluster", folder, "-o", out, "--classes", 3, "--method", "pca-kmeans")
+    assert rc == 0, err
+    written = sorted(p.name for p in out.iterdir())
+    assert written == ["part0_classes.star", "part1_classes.star"]
+    for i in range(2):
+        classes = starfile.read(out / f"part{i}_classes.star", always_dict=True)["particles"]["rlnClassNumber"]
+        assert len(classes) == len(sim.images[i::2]) and sorted(set(classes)) == [1, 2, 3]
+    # A re-run skips both; one more (corrupt) input fails alone, with its name, and exits 2.
+    (folder / "part2.mrcs").write_bytes(b"not an MRC file")
+    stamp = (out / "part0_classes.star").stat().st_mtime_ns
+    rc, stdout, err = run(capsys, "-q", "cluster", folder, "-o", out, "--classes", 3, "--method", "pca-kmeans")
+    assert rc == 2 and "part2.mrcs" in err and "2 of 3 outputs exist already" in stdout
+    assert (out / "part0_classes.star").stat().st_mtime_ns == stamp
+    assert not (out / "part2_classes.star").exists() and not list(out.glob("*.part"))
+    # Per-file extras cannot be given a single name in a batch.
+    rc, _, err = run(capsys, "cluster", folder / "part0.mrcs", folder / "part1.mrcs", "-o", out, "--classes", 3,
+                     "--averages", tmp_path / "a.mrcs")
+    assert rc == 2 and "--averages" in err

@@ -247,6 +247,27 @@ def test_cli_denoise_keeps_voxel_size_and_refuses_bad_input(tmp_path, noisy_volu
     assert not (tmp_path / "n.mrc").exists() and not (tmp_path / "q.mrc").exists()
 
 
+def test_cli_denoise_reads_a_star_list_of_tomograms(tmp_path, noisy_volume, capsys):
+    import pandas as pd
+    import starfile
+
+    from napari_cryoden.cli import main
+
+    _, noisy = noisy_volume
+    (tmp_path / "tomos").mkdir()
+    for i in range(2):
+        write_mrc(tmp_path / "tomos" / f"t{i}.mrc", noisy, voxel_size=4.5)
+    starfile.write({"global": pd.DataFrame({"rlnTomoName": ["tomos/t0.mrc", "tomos/t1.mrc"]})}, tmp_path / "l.star")
+    rc = main(["-q", "denoise", str(tmp_path / "l.star"), "-o", str(tmp_path / "out"), "--method", "gaussian"])
+    assert rc == 0, capsys.readouterr().err
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["t0_denoised.mrc", "t1_denoised.mrc"]
+    starfile.write({"global": pd.DataFrame({"rlnTomoName": ["tomos/t0.mrc", "tomos/gone.mrc"]})},
+                   tmp_path / "bad.star")
+    rc = main(["-q", "denoise", str(tmp_path / "bad.star"), "-o", str(tmp_path / "o2"), "--method", "gaussian"])
+    err = capsys.readouterr().err
+    assert rc == 2 and "bad.star" in err and "gone.mrc" in err and not (tmp_path / "o2").exists()
+
+
 @pytest.mark.gpu
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
 def test_cuda_train_and_predict_match_cpu_shapes(noisy_volume):
@@ -257,3 +278,36 @@ def test_cuda_train_and_predict_match_cpu_shapes(noisy_volume):
     out = run(iter_predict(model, noisy, device="cuda"))
     assert out.shape == noisy.shape
     assert metrics.psnr(clean, out, fit=True) > metrics.psnr(clean, noisy, fit=True)
+
+
+def test_prediction_halves_the_tile_and_retries_when_memory_runs_out(monkeypatch, caplog):
+    """The GPU path's out-of-memory handling, exercised on the CPU with a predictor that fails on big tiles."""
+    import logging
+
+    from napari_cryoden.denoise import engine
+    from napari_cryoden.denoise.engine import TrainedDenoiser, default_params, iter_predict
+    from napari_cryoden.denoise.networks import UNet, UNetConfig
+    from napari_cryoden.denoise.normalize import fit_normalization
+    from napari_cryoden.progress import run
+
+    vol = np.random.default_rng(0).normal(size=(32, 32, 32)).astype(np.float32)
+    params = default_params("fourier-n2n", dims=3, tile_size=32, tile_overlap=4)
+    config = UNetConfig(dims=3, base_channels=4, depth=2, dropout=0.0)
+    model = TrainedDenoiser(method="fourier-n2n", params=params, net_config=config, net=UNet(config),
+                            normalization=fit_normalization(vol), history=[])
+    sizes = []
+
+    def fake_predictor(*args, **kwargs):
+        def predict(tiles):
+            sizes.append(tiles.shape[-1])
+            if tiles.shape[-1] > 16:
+                raise RuntimeError("CUDA out of memory. Tried to allocate 2.00 GiB")
+            return tiles[:, 0] * 0.5
+        return predict
+
+    monkeypatch.setattr(engine, "_tile_predictor", fake_predictor)
+    with caplog.at_level(logging.WARNING, logger="napari_cryoden.denoise.engine"):
+        out = run(iter_predict(model, vol, device="cpu"))
+    assert sizes[0] == 32 and sizes[-1] == 16
+    assert "out of memory; retrying with tiles of (16, 16, 16)" in caplog.text
+    np.testing.assert_allclose(out, vol * 0.5, rtol=1e-5, atol=1e-5)  # the blended tiles cover everything

@@ -21,6 +21,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from .. import distributed
 from ..models import ModelFile
 from ..params import param, validate
 from ..progress import ProgressEvent, StageClock
@@ -106,9 +107,10 @@ def iter_train(images, reference=None, params: DeepAlignParams | None = None, *,
     classical reference-free start). ``model`` continues training from a saved model.
     """
     params = validate(params or DeepAlignParams())
-    device = torch.device(device)
+    ctx = distributed.context()  # under torchrun: DDP and one pair stream per process
+    device = distributed.training_device(torch.device(device), ctx)
     torch.manual_seed(params.seed)
-    rng = np.random.default_rng(params.seed)
+    rng = np.random.default_rng(params.seed)  # the same training subset on every process
     source = _source(images)
     box = source.box
     config = {"box": box, "base_channels": params.base_channels, "levels": params.levels, "joint": joint}
@@ -127,13 +129,16 @@ def iter_train(images, reference=None, params: DeepAlignParams | None = None, *,
             aligner = ClassicalAligner(np.zeros((box, box), np.float32), ClassicalParams(), device=device)
             reference = _bootstrap_reference(source, aligner, ClassicalParams(), rng)
         ref_amp = log_amplitudes(np.asarray(reference, dtype=np.float32)[None], device=device)
+    model_net, model_ae = net, ae
+    net = distributed.wrap(net, ctx)
+    ae = distributed.wrap(ae, ctx) if ae is not None else None
     modules = list(net.parameters()) + (list(ae.parameters()) if ae is not None else [])
     optimiser = torch.optim.Adam(modules, lr=params.learning_rate)
     total = params.epochs * params.steps_per_epoch
     clock = StageClock("train", total, time_budget=params.time_budget)
     history: list[dict] = []
     step = 0
-    gen = torch.Generator(device="cpu").manual_seed(params.seed)
+    gen = torch.Generator(device="cpu").manual_seed(distributed.rank_seed(params.seed, ctx))
     start_time = time.perf_counter()
     net.train()
     for epoch in range(params.epochs):
@@ -147,7 +152,7 @@ def iter_train(images, reference=None, params: DeepAlignParams | None = None, *,
                 a = amps[torch.randint(len(amps), (bs,), generator=gen).to(device)]
             rot = (torch.rand((4, bs), generator=gen) * 360.0).to(device)
             a1, b1, a2, b2 = _rotate(a, rot[0]), _rotate(b, rot[1]), _rotate(a, rot[2]), _rotate(b, rot[3])
-            p1, p2 = net(a1, b1), net(a2, b2)
+            p1, p2 = net(torch.cat([a1, a2]), torch.cat([b1, b2])).split(bs)  # one forward a step (DDP)
             target = (rot[1] - rot[0]) - (rot[3] - rot[2])
             angle_loss = circular_distance_180(p1 - p2, target).mean()
             loss = angle_loss
@@ -155,7 +160,7 @@ def iter_train(images, reference=None, params: DeepAlignParams | None = None, *,
             if joint and epoch > 0 and params.reconstruction_weight > 0:
                 # The image's amplitude turned back by the predicted angle; one small autoencoder must
                 # reconstruct all of them, which it does best when all share one frame.
-                polar = net.polar(b1)
+                polar = model_net.polar(b1)
                 aligned = shift_angles(polar, p1)  # P_b(theta - phi) = P_a(theta): into the reference frame
                 recon = torch.mean((ae(aligned) - aligned) ** 2)
                 loss = loss + params.reconstruction_weight * epoch * recon
@@ -163,17 +168,18 @@ def iter_train(images, reference=None, params: DeepAlignParams | None = None, *,
             loss.backward()
             optimiser.step()
             step += 1
-            history.append({"step": step, "epoch": epoch, "angle_loss": float(angle_loss.detach()),
-                            "reconstruction": float(recon.detach())})
-            yield clock.event(step, loss=float(angle_loss.detach()), epoch=epoch, reconstruction=float(recon.detach()))
-            if params.time_budget is not None and time.perf_counter() - start_time > params.time_budget:
+            angle_value, recon_value = distributed.mean([float(angle_loss.detach()), float(recon.detach())], ctx)
+            history.append({"step": step, "epoch": epoch, "angle_loss": angle_value, "reconstruction": recon_value})
+            yield clock.event(step, loss=angle_value, epoch=epoch, reconstruction=recon_value)
+            if distributed.agree(params.time_budget is not None
+                                 and time.perf_counter() - start_time > params.time_budget, ctx):
                 break
         else:
             continue
         break
-    state = {"net": net.state_dict()}
-    if ae is not None:
-        state["autoencoder"] = ae.state_dict()
+    state = {"net": model_net.state_dict()}
+    if model_ae is not None:
+        state["autoencoder"] = model_ae.state_dict()
     extra = {"history": history, "params": {k: v for k, v in params.__dict__.items()},
              "previous_steps": (model.extra.get("previous_steps", 0) + len(model.extra.get("history", [])))
              if model is not None else 0}

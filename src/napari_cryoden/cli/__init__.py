@@ -63,6 +63,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     previous = warnings.showwarning
     warnings.showwarning = _show_warning
+    ctx = _join_process_group(args)
     try:
         return int(args.func(args) or 0)
     except (CryodenInputError, CryodenOutputError) as exc:
@@ -73,3 +74,19 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 130
     finally:
         warnings.showwarning = previous
+        if ctx is not None:
+            from ..distributed import shutdown
+
+            shutdown()
+
+
+def _join_process_group(args):
+    """Under torchrun: join the process group (gloo on CPU, NCCL on CUDA); only rank 0 shows progress bars."""
+    from ..distributed import init_from_env, launched_by_torchrun
+
+    if not launched_by_torchrun():
+        return None
+    ctx = init_from_env(getattr(args, "device", "auto") or "auto")
+    if not ctx.is_main:
+        args.quiet = True
+    return ctx

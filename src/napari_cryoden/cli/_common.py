@@ -86,3 +86,80 @@ def read_array(path: str):
     return m
 
 
+
+
+# ------------------------------------------------------------------------------------------- batch runs
+#: What a folder given as particle input contributes: its STAR files, else its Xmipp metadata, else its stacks.
+PARTICLE_SUFFIXES = ((".star",), (".xmd",), (".mrcs", ".mrc", ".st"))
+
+
+def expand_particle_inputs(items) -> list[Path]:
+    """Particle inputs from files, folders and glob patterns, in order and without duplicates. A folder gives
+    its STAR files (or, without any, its .xmd files, or else its stacks), so a stack is not taken twice."""
+    import glob
+
+    paths: list[Path] = []
+    for item in items:
+        p = Path(item)
+        if p.is_dir():
+            files = sorted(q for q in p.iterdir() if q.is_file())
+            for suffixes in PARTICLE_SUFFIXES:
+                found = [q for q in files if q.suffix.lower() in suffixes]
+                if found:
+                    paths += found
+                    break
+            else:
+                raise CryodenInputError(p, "folder holds no .star, .xmd or .mrcs files")
+        elif any(ch in str(item) for ch in "*?["):
+            found = sorted(Path(q) for q in glob.glob(str(item)))
+            if not found:
+                raise CryodenInputError(item, "the pattern matches no file")
+            paths += found
+        else:
+            paths.append(p)
+    return list(dict.fromkeys(paths))
+
+
+def run_batch(args, single, inputs: list[Path], *, suffix: str, single_outputs: Sequence[str] = ()) -> int:
+    """Run ``single(args)`` once per input into the folder ``args.output`` (``STEM{suffix}``).
+
+    Resumable: an output that exists is complete (outputs are written atomically) and is skipped unless
+    ``args.overwrite``. Under torchrun the inputs are split across the processes, each working alone. An input
+    that fails is reported and the others go on; the exit status is then 2. ``single_outputs`` are options
+    that name one file and so cannot be used with several inputs.
+    """
+    import copy
+
+    from .. import distributed
+
+    given = [f"--{name.replace('_', '-')}" for name in single_outputs if getattr(args, name, None)]
+    if given:
+        raise CryodenInputError(None, f"{', '.join(given)} name(s) one file; with several inputs only the "
+                                      f"outputs STEM{suffix} are written into the -o folder")
+    outdir = Path(args.output)
+    if outdir.exists() and not outdir.is_dir():
+        raise CryodenOutputError(outdir, "several inputs need an output folder, and this is a file")
+    outputs = [outdir / f"{p.stem}{suffix}" for p in inputs]
+    if len(set(outputs)) != len(outputs):
+        raise CryodenInputError(None, "two inputs have the same file name; run them into different folders")
+    missing = [p for p in inputs if not p.exists()]
+    if missing:
+        raise CryodenInputError(missing[0], "file not found")
+    outdir.mkdir(parents=True, exist_ok=True)
+    ctx = distributed.context()
+    todo = [(i, o) for i, o in zip(inputs, outputs) if getattr(args, "overwrite", False) or not o.exists()]
+    if ctx.is_main and len(todo) < len(inputs):
+        print(f"{len(inputs) - len(todo)} of {len(inputs)} outputs exist already and are skipped "
+              "(--overwrite redoes them)")
+    failures = 0
+    with distributed.independent():
+        for source, target in distributed.shard(todo, ctx):
+            job = copy.copy(args)
+            job.input, job.output = str(source), str(target)
+            try:
+                single(job)
+            except (CryodenInputError, CryodenOutputError) as exc:
+                failures += 1
+                print(f"cryoden: error: {exc}", file=sys.stderr)
+    distributed.barrier(ctx)
+    return 2 if failures else 0

@@ -8,7 +8,7 @@ import numpy as np
 
 from ..errors import CryodenInputError
 from ..io.star import rebase_image_names
-from ._common import check_outputs, positive_float, positive_int
+from ._common import check_outputs, expand_particle_inputs, positive_float, positive_int, run_batch
 
 #: The per-particle score column written (normalised cross-correlation with the rotated, shifted reference).
 SCORE_COLUMN = "rlnCryodenScore"
@@ -59,6 +59,16 @@ def _ctf_reader(table, box: int, pixel_size: float):
 
 
 def cmd_align(args) -> int:
+    inputs = expand_particle_inputs(args.inputs)
+    if len(inputs) > 1:
+        return run_batch(args, _align_one, inputs, suffix="_aligned.star",
+                         single_outputs=("aligned", "average", "save_model"))
+    args.input = str(inputs[0])
+    return _align_one(args)
+
+
+def _align_one(args) -> int:
+    from .. import distributed
     from ..align.cross_correlation import ClassicalParams, iter_align_reference_free, iter_align_to_reference
     from ..align.sources import open_particles
     from ..device import describe_device, resolve_device
@@ -87,8 +97,11 @@ def cmd_align(args) -> int:
         raise CryodenInputError(None, str(exc)) from exc
     ctf = _ctf_reader(table, box, apix) if args.ctf else None
     disable = bool(getattr(args, "quiet", False))
+    ctx = distributed.context()
+    if not ctx.is_main and (not ctx.active or args.method == "fft"):
+        return 0  # under torchrun rank 0 aligns one input alone; the others only help train a network
     writer = MrcWriter(args.aligned, (n, box, box), voxel_size=apix, is_stack=True, inputs=inputs) \
-        if args.aligned else None
+        if args.aligned and ctx.is_main else None
     aligned_out = writer.__enter__() if writer is not None else None
     try:
         if args.method == "fft":
@@ -106,6 +119,8 @@ def cmd_align(args) -> int:
     if writer is not None:
         writer.__exit__(None, None, None)
         print(f"wrote aligned stack: {args.aligned}")
+    if result is None:  # a helper process of a distributed training
+        return 0
 
     out = Path(args.output)
     rows = table.particles.copy()
@@ -124,6 +139,7 @@ def cmd_align(args) -> int:
 
 
 def _run_deep(args, source, reference, params, device, ctf, aligned_out, inputs, disable):
+    from .. import distributed
     from ..align.udl import DeepAlignParams, iter_align_with_model, iter_train
     from ..models import load_model, save_model
     from ..params import validate
@@ -138,6 +154,8 @@ def _run_deep(args, source, reference, params, device, ctf, aligned_out, inputs,
         deep = validate(DeepAlignParams(epochs=args.epochs or 3, time_budget=args.time_budget, seed=args.seed))
         model = run_with_bar(iter_train(source, reference, deep, joint=args.method == "judl", device=device,
                                         model=model), disable=disable)
+        if not distributed.context().is_main:
+            return None  # every process holds the same model; rank 0 saves it and aligns
         if args.save_model:
             save_model(args.save_model, model, inputs=inputs)
             print(f"wrote model: {args.save_model}")
@@ -151,8 +169,13 @@ def register(commands: dict) -> None:
         description="Align particle images in plane and write RELION 3.1 STAR parameters (rlnAnglePsi, "
                     f"rlnOriginX/YAngst, {SCORE_COLUMN} = normalised cross-correlation), the aligned stack "
                     "and the average. Convention: docs/conventions.md.")
-    p.add_argument("input", help="particles: .mrcs stack, RELION .star or Xmipp .xmd")
-    p.add_argument("-o", "--output", required=True, help="output STAR file")
+    p.add_argument("inputs", nargs="+", metavar="IN",
+                   help="particles: .mrcs stack, RELION .star or Xmipp .xmd; several files, folders or glob "
+                        "patterns make a batch (one alignment each, into the -o folder)")
+    p.add_argument("-o", "--output", required=True,
+                   help="output STAR file; with several inputs a folder, files named STEM_aligned.star")
+    p.add_argument("--overwrite", action="store_true",
+                   help="several inputs: redo outputs that exist (by default a re-run skips them)")
     p.add_argument("--method", choices=("fft", "udl", "judl"), default="fft",
                    help="fft: classical Fourier cross-correlation (default); udl / judl: deep difference learning")
     p.add_argument("--reference", help="2D reference image, or a 3D map (projected along z); none: reference-free")

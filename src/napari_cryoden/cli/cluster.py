@@ -10,7 +10,7 @@ import numpy as np
 from ..cluster.pipeline import SCORE_COLUMN, class_members, with_classes
 from ..errors import CryodenInputError
 from ..io.star import rebase_image_names
-from ._common import check_outputs, positive_float
+from ._common import check_outputs, expand_particle_inputs, positive_float, run_batch
 
 
 def parse_classes(text: str) -> list[int]:
@@ -65,6 +65,16 @@ def _write_embedding(path, result, inputs) -> None:
 
 
 def cmd_cluster(args) -> int:
+    inputs = expand_particle_inputs(args.inputs)
+    if len(inputs) > 1:
+        return run_batch(args, _cluster_one, inputs, suffix="_classes.star",
+                         single_outputs=("averages", "embedding", "save_model"))
+    args.input = str(inputs[0])
+    return _cluster_one(args)
+
+
+def _cluster_one(args) -> int:
+    from .. import distributed
     from ..align.sources import open_particles
     from ..cluster import iter_cluster, iter_cluster_range
     from ..device import describe_device, resolve_device
@@ -103,6 +113,8 @@ def cmd_cluster(args) -> int:
         print("silhouette by K: " + ", ".join(f"{k}: {v:.3f}" for k, v in values.items()) +
               f" -> K = {result.k}")
 
+    if not distributed.context().is_main:
+        return 0  # under torchrun every process trained the same encoder; rank 0 writes
     out = Path(args.output)
     rows = with_classes(table.particles, result)
     rows["rlnImageName"] = rebase_image_names(table, out)
@@ -155,8 +167,13 @@ def register(commands: dict) -> None:
         description="Cluster particle images into classes and write the input's STAR table plus rlnClassNumber "
                     f"(1-based, 1 = largest class) and {SCORE_COLUMN}; optionally the class averages (largest "
                     "class first) and a 2D embedding (CSV). Methods: docs/cluster.md.")
-    p.add_argument("input", help="particles: .mrcs stack, RELION .star or Xmipp .xmd")
-    p.add_argument("-o", "--output", required=True, help="output STAR file")
+    p.add_argument("inputs", nargs="+", metavar="IN",
+                   help="particles: .mrcs stack, RELION .star or Xmipp .xmd; several files, folders or glob "
+                        "patterns make a batch (one clustering each, into the -o folder)")
+    p.add_argument("-o", "--output", required=True,
+                   help="output STAR file; with several inputs a folder, files named STEM_classes.star")
+    p.add_argument("--overwrite", action="store_true",
+                   help="several inputs: redo outputs that exist (by default a re-run skips them)")
     p.add_argument("--classes", required=True,
                    help="number of classes K, or a range K1-K2 / list K1,K2 (the best silhouette is kept)")
     p.add_argument("--method", choices=METHODS, default="siamese",

@@ -1,4 +1,9 @@
-"""`cryoden denoise`: any registered denoising method over one or many files, with model save/load."""
+"""`cryoden denoise`: any registered denoising method over one or many files, with model save/load.
+
+Several inputs are a batch: one model is trained (on the first input) and every input is denoised into the
+output folder; a re-run skips the outputs that exist (each is written atomically, so an existing one is
+complete). Under ``torchrun`` the training is data-parallel (DDP) and the outputs are split across the
+processes."""
 
 from __future__ import annotations
 
@@ -15,12 +20,45 @@ from ._common import check_outputs
 log = logging.getLogger(__name__)
 
 
+#: Columns of a STAR file that list whole images or volumes to denoise (first found wins).
+LIST_COLUMNS = ("rlnMicrographName", "rlnTomoName", "rlnTomogramName", "rlnImageName")
+
+
+def star_file_list(path: Path) -> list[Path]:
+    """The files a STAR table lists (micrographs, tomograms), resolved relative to the STAR file's folder."""
+    import starfile
+
+    try:
+        blocks = starfile.read(path, always_dict=True)
+    except Exception as exc:  # starfile raises several kinds on malformed text
+        raise CryodenInputError(path, f"is not a readable STAR file ({exc})") from exc
+    for table in blocks.values():
+        if not hasattr(table, "columns"):
+            continue
+        for col in LIST_COLUMNS:
+            if col in table.columns:
+                names = [str(v) for v in table[col]]
+                if any("@" in v for v in names):
+                    raise CryodenInputError(path, f"lists particle images ({col} = N@stack); denoise the stack "
+                                                  "files themselves")
+                files = [Path(v) if Path(v).is_absolute() else path.parent / v for v in dict.fromkeys(names)]
+                missing = [f for f in files if not f.exists()]
+                if missing:
+                    raise CryodenInputError(path, f"lists {missing[0]}, which does not exist "
+                                                  f"({len(missing)} of {len(files)} listed files are missing)")
+                return files
+    raise CryodenInputError(path, f"has none of the columns {', '.join(LIST_COLUMNS)}")
+
+
 def expand_inputs(items: list[str]) -> list[Path]:
-    """Files, folders (their MRC-family files) and glob patterns, in order, without duplicates."""
+    """Files, folders (their MRC-family files), glob patterns and STAR files listing micrographs or
+    tomograms, in order, without duplicates."""
     paths: list[Path] = []
     for item in items:
         p = Path(item)
-        if p.is_dir():
+        if p.suffix.lower() == ".star" and p.is_file():
+            paths += star_file_list(p)
+        elif p.is_dir():
             found = sorted(q for q in p.iterdir() if q.suffix.lower() in MRC_SUFFIXES and q.is_file())
             if not found:
                 raise CryodenInputError(p, "folder holds no .mrc/.mrcs/.map/.rec/.st files")
@@ -92,6 +130,7 @@ def build_params(method, args: argparse.Namespace, *, dims: int):
 
 
 def cmd_denoise(args) -> int:
+    from .. import distributed
     from ..denoise import get_method
     from ..denoise.engine import TrainedDenoiser, iter_predict_to_file, iter_train
     from ..device import describe_device, resolve_device
@@ -103,6 +142,19 @@ def cmd_denoise(args) -> int:
     outputs = output_paths(inputs, args.output)
     protected = list(inputs) + [p for p in (args.half2, args.model) if p]
     check_outputs([*outputs, args.save_model], inputs=protected)
+    ctx = distributed.context()
+    batch = len(inputs) > 1
+    if batch and not args.overwrite:
+        # Resumable: outputs are written atomically, so one that exists is finished.
+        done = [o for o in outputs if o.exists()]
+        if done and ctx.is_main:
+            print(f"{len(done)} of {len(outputs)} outputs exist already and are skipped (--overwrite redoes them)")
+        if len(done) == len(outputs):
+            return 0
+        if args.save_model and Path(args.save_model).exists() and not args.model and not args.predict_only:
+            if ctx.is_main:
+                print(f"reusing the model an earlier run saved: {args.save_model} (--overwrite retrains)")
+            args.model, args.predict_only, args.save_model = args.save_model, True, None
     if args.predict_only and not args.model:
         raise CryodenInputError(None, "--predict-only needs a trained model (--model FILE)")
     trainable = method.family == "self-supervised"
@@ -139,10 +191,13 @@ def cmd_denoise(args) -> int:
             model = run_with_bar(iter_train(first.data, params, method=method.name, is_stack=first.is_stack,
                                             half2=half2.data if half2 else None, model=model, seed=args.seed,
                                             device=dev, voxel_size=first.voxel_size), disable=args.quiet)
-            if args.save_model:
+            if args.save_model and ctx.is_main:  # every process holds the same model
                 save_model(args.save_model, model.to_model_file(), inputs=protected)
                 print(f"wrote model: {args.save_model}")
-    for vol, out in zip(volumes, outputs):
+    # Several processes: each writes its share of the outputs (one input: rank 0 writes it).
+    jobs = [(v, o) for v, o in zip(volumes, outputs) if args.overwrite or not batch or not o.exists()]
+    jobs = distributed.shard(jobs, ctx) if batch else (jobs if ctx.is_main else [])
+    for vol, out in jobs:
         labels = [*vol.labels[:8], f"napari-cryoden denoise --method {method.name}"]
         if trainable:
             run_with_bar(iter_predict_to_file(model, vol.data, out, voxel_size=_zyx(vol), is_stack=vol.is_stack,
@@ -154,10 +209,11 @@ def cmd_denoise(args) -> int:
             params = build_params(method, args, dims=dims)
             with MrcWriter(out, vol.data.shape, voxel_size=_zyx(vol), is_stack=vol.is_stack, origin=vol.origin,
                            labels=labels, inputs=protected) as target:
-                target[...] = run_with_bar(method.denoise(vol.data, params, is_stack=vol.is_stack,
-                                                          voxel_size=vol.voxel_size, seed=args.seed,
-                                                          device=args.device), disable=args.quiet)
-        print(f"wrote {out}")
+                # Written straight into the memory-mapped output: host memory holds a slab or a chunk.
+                run_with_bar(method.denoise(vol.data, params, is_stack=vol.is_stack, voxel_size=vol.voxel_size,
+                                            seed=args.seed, device=args.device, out=target), disable=args.quiet)
+        print(f"wrote {out}" + (f" (rank {ctx.rank})" if ctx.world_size > 1 else ""))
+    distributed.barrier(ctx)
     return 0
 
 
@@ -175,7 +231,9 @@ def register(commands: dict) -> None:
         "denoise", help="denoise tomograms, micrographs or particle stacks (self-supervised, classical, supervised)",
         formatter_class=argparse.RawDescriptionHelpFormatter,
         epilog="methods:\n" + "\n".join(f"  {n:13s} {m.description}" for n, m in all_methods.items()))
-    p.add_argument("inputs", nargs="+", metavar="IN", help="MRC files, folders or glob patterns")
+    p.add_argument("inputs", nargs="+", metavar="IN",
+                   help="MRC files, folders, glob patterns, or STAR files listing micrographs/tomograms "
+                        "(rlnMicrographName or rlnTomoName)")
     p.add_argument("-o", "--output", required=True, help="output file (one input) or folder (several inputs)")
     p.add_argument("--method", required=True, choices=sorted(all_methods), help="denoising method")
     p.add_argument("--half2", help="second half volume (n2n-halves)")
@@ -187,6 +245,9 @@ def register(commands: dict) -> None:
     p.add_argument("--save-model", help="save the trained model here (one file)")
     p.add_argument("--predict-only", action="store_true", help="do not train; needs --model")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--overwrite", action="store_true",
+                   help="several inputs: redo outputs that exist already (by default a re-run skips them, and "
+                        "reuses the --save-model file an earlier run wrote)")
     group = p.add_argument_group("method parameters (each applies to the methods named in its help)")
     seen = set()
     for name, (f, users) in _all_param_fields(all_methods).items():

@@ -24,6 +24,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from .. import distributed
 from ..align.transforms import transform_images
 from ..models import ModelFile
 from ..params import as_dict, param, validate
@@ -131,10 +132,11 @@ def iter_train_siamese(images: np.ndarray, k: int, labels: np.ndarray, params: S
     Yields "train" events (loss per step) and returns a :class:`SiameseResult`.
     """
     params = validate(params or SiameseParams())
-    device = torch.device(device)
+    ctx = distributed.context()  # under torchrun: DDP and one pair stream per process
+    device = distributed.training_device(torch.device(device), ctx)
     torch.manual_seed(params.seed)
-    rng = np.random.default_rng(params.seed)
-    gen = torch.Generator().manual_seed(params.seed)
+    rng = np.random.default_rng(distributed.rank_seed(params.seed, ctx))
+    gen = torch.Generator().manual_seed(distributed.rank_seed(params.seed, ctx))
     n, m = images.shape[0], images.shape[-1]
     config = {"channels": params.channels, "embedding_dim": params.embedding_dim, "pool_grid": params.pool_grid,
               "work_box": m}
@@ -148,6 +150,8 @@ def iter_train_siamese(images: np.ndarray, k: int, labels: np.ndarray, params: S
     rounds = params.rounds if train else 1
     total = rounds * steps if train else 1
     clock = StageClock("train", total, time_budget=params.time_budget)
+    model_net = net
+    net = distributed.wrap(net, ctx)
     optimiser = torch.optim.Adam(net.parameters(), lr=params.learning_rate)
     history: list[dict] = []
     step = 0
@@ -159,19 +163,19 @@ def iter_train_siamese(images: np.ndarray, k: int, labels: np.ndarray, params: S
             net.train()
             for _ in range(steps):
                 i, j, y = sample_pairs(labels, params.batch_size, rng)
-                a = net(_augment(data[i], params, gen)[:, None])
-                b = net(_augment(data[j], params, gen)[:, None])
+                both = net(_augment(data[np.concatenate([i, j])], params, gen)[:, None])  # one forward a step
+                a, b = both[: len(i)], both[len(i):]
                 loss = contrastive_loss(a, b, torch.as_tensor(y, device=device), margin=params.margin)
                 optimiser.zero_grad()
                 loss.backward()
                 optimiser.step()
-                losses.append(float(loss.detach()))
+                losses.append(distributed.mean(float(loss.detach()), ctx))
                 step += 1
                 yield clock.event(step, loss=losses[-1], round=r + 1)
-                if params.time_budget is not None and clock.elapsed > params.time_budget:
+                if distributed.agree(params.time_budget is not None and clock.elapsed > params.time_budget, ctx):
                     out_of_time = True
                     break
-        embeddings = embed(net, images, device=device)
+        embeddings = embed(model_net, images, device=device)
         new, _ = kmeans_labels(embeddings, k, seed=params.seed + r)
         agreement = labels_agreement(labels, new)
         history.append({"round": r + 1, "steps": len(losses), "first_loss": losses[0] if losses else None,
@@ -184,7 +188,7 @@ def iter_train_siamese(images: np.ndarray, k: int, labels: np.ndarray, params: S
             break
     if train:
         yield clock.event(total, total=total)
-    state = {"encoder": {key: v.detach().cpu() for key, v in net.state_dict().items()}}
+    state = {"encoder": {key: v.detach().cpu() for key, v in model_net.state_dict().items()}}
     extra = {"history": history, "params": as_dict(params), "classes": int(k)}
     if model is not None:
         extra["history"] = list(model.extra.get("history", [])) + history

@@ -25,6 +25,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from .. import distributed
 from ..device import describe_device, resolve_device
 from ..errors import CryodenInputError
 from ..models import ModelFile, load_model
@@ -293,10 +294,11 @@ def iter_train(data: np.ndarray, params: EngineParams, *, method: str, is_stack:
         if vol2.shape != vol.shape:
             raise CryodenInputError(None, f"the two halves differ in shape: {vol.shape} and {vol2.shape}")
         sources.append(vol2)
-    dev = resolve_device(device, need_fft=method == "fourier-n2n")
-    torch.manual_seed(seed)
-    rng = np.random.default_rng(seed)
-    generator = torch.Generator(device="cpu").manual_seed(seed)
+    ctx = distributed.context()  # under torchrun: DDP, one sample stream per process, rank 0 reports
+    dev = distributed.training_device(resolve_device(device, need_fft=method == "fourier-n2n"), ctx)
+    torch.manual_seed(seed)  # the same initial weights everywhere (DDP broadcasts rank 0's anyway)
+    rng = np.random.default_rng(distributed.rank_seed(seed, ctx))
+    generator = torch.Generator(device="cpu").manual_seed(distributed.rank_seed(seed, ctx))
 
     if model is None:
         norm = fit_normalization(vol, low_percentile=params.low_percentile, high_percentile=params.high_percentile)
@@ -309,7 +311,7 @@ def iter_train(data: np.ndarray, params: EngineParams, *, method: str, is_stack:
             raise CryodenInputError(None, f"the model was trained with {model.method} in {model.net_config.dims}D; "
                                           f"cannot continue it as {method} in {dims}D")
         norm, net_config, net, history = model.normalization, model.net_config, model.net, list(model.history)
-    net = net.to(dev)
+    net = distributed.wrap(net.to(dev), ctx)
     optimizer = torch.optim.Adam(net.parameters(), lr=params.learning_rate)
     if model is not None and model.optimizer_state:
         try:
@@ -336,7 +338,7 @@ def iter_train(data: np.ndarray, params: EngineParams, *, method: str, is_stack:
     preview_input, preview_origin = _preview_source(vol, dims)
     step, running = 0, None
     net.train()
-    while step < total_steps and (budget is None or clock.elapsed < budget):
+    while not distributed.agree(step >= total_steps or (budget is not None and clock.elapsed >= budget), ctx):
         frac = step / total_steps
         if budget is not None:
             frac = max(frac, clock.elapsed / budget)
@@ -345,7 +347,8 @@ def iter_train(data: np.ndarray, params: EngineParams, *, method: str, is_stack:
         lr = max(lr, params.learning_rate * 0.02)
         for group in optimizer.param_groups:
             group["lr"] = lr
-        x = torch.from_numpy(sampler.sample(params.batch_size)).to(dev, non_blocking=True)
+        x = torch.from_numpy(sampler.sample(params.batch_size))
+        x = x.pin_memory().to(dev, non_blocking=True) if dev.type == "cuda" else x
         inp, target, weights = _make_pair(method, x, params, patch_spatial=patch_spatial, generator=generator,
                                           block=block)
         with _autocast(dev):
@@ -361,15 +364,16 @@ def iter_train(data: np.ndarray, params: EngineParams, *, method: str, is_stack:
             loss.backward()
             optimizer.step()
         step += 1
-        value = float(loss.detach())
+        value = distributed.mean(float(loss.detach()), ctx)
         running = value if running is None else 0.95 * running + 0.05 * value
         history.append(value)
         preview = None
-        if preview_every and step % preview_every == 0:
-            preview = _preview(net, method, params, norm, preview_input, dev, generator, block)
+        if preview_every and step % preview_every == 0 and ctx.is_main:
+            preview = _preview(distributed.unwrap(net), method, params, norm, preview_input, dev, generator, block)
             net.train()
         yield clock.event(step, loss=running, preview=preview, lr=lr, device=describe_device(dev),
                           preview_origin=preview_origin)
+    net = distributed.unwrap(net)
     net.eval()
     trained = TrainedDenoiser(method=method, params=params, net_config=net_config, net=net.cpu(),
                               normalization=norm, history=history, optimizer_state=_cpu_state(optimizer.state_dict()),
@@ -447,7 +451,8 @@ def _tile_predictor(net: UNet, method: str, params: EngineParams, norm: Normaliz
     @torch.no_grad()
     def predict(tiles: np.ndarray) -> np.ndarray:
         _enable_dropout(net, use_dropout)
-        x = torch.from_numpy(np.ascontiguousarray(norm.apply(tiles), dtype=np.float32)).to(dev)
+        x = torch.from_numpy(np.ascontiguousarray(norm.apply(tiles), dtype=np.float32))
+        x = x.pin_memory().to(dev, non_blocking=True) if dev.type == "cuda" else x  # one copy per tile batch
         if dims == 2:  # tiles (b, c, 1, y, x) -> (b, c, y, x)
             x = x[:, :, 0]
         x, pads = _pad_to_multiple(x, net.config.multiple)
@@ -544,24 +549,26 @@ def iter_predict(model: TrainedDenoiser, data: np.ndarray, *, is_stack: bool = F
     tile = choose_tile(vol.shape, dims, model.net_config, dev, tile_size or model.params.tile_size)
     overlap_side = model.params.tile_overlap
     target = out if out is not None else np.empty(vol.shape, dtype=np.float32)
-    while True:
-        overlap = (0, overlap_side, overlap_side) if dims == 2 else (overlap_side,) * 3
-        try:
-            result = yield from iter_predict_tiled(predict, sources, tile=tile, overlap=overlap, out=target,
-                                                   batch_size=batch_size)
-            break
-        except (RuntimeError, MemoryError) as exc:
-            if not _is_oom(exc) or max(tile) <= 2 * model.net_config.multiple:
-                raise
-            if dev.type == "cuda":
-                torch.cuda.empty_cache()
-            tile = tuple(t if (dims == 2 and i == 0) else max(model.net_config.multiple, t // 2)
-                         for i, t in enumerate(tile))
-            batch_size = 1
-            log.warning("out of memory; retrying with tiles of %s", tile)
-    model.net.cpu()
-    if dev.type == "cuda":
-        torch.cuda.empty_cache()
+    try:
+        while True:
+            overlap = (0, overlap_side, overlap_side) if dims == 2 else (overlap_side,) * 3
+            try:
+                result = yield from iter_predict_tiled(predict, sources, tile=tile, overlap=overlap, out=target,
+                                                       batch_size=batch_size)
+                break
+            except (RuntimeError, MemoryError) as exc:
+                if not _is_oom(exc) or max(tile) <= 2 * model.net_config.multiple:
+                    raise
+                if dev.type == "cuda":
+                    torch.cuda.empty_cache()
+                tile = tuple(t if (dims == 2 and i == 0) else max(model.net_config.multiple, t // 2)
+                             for i, t in enumerate(tile))
+                batch_size = 1
+                log.warning("out of memory; retrying with tiles of %s", tile)
+    finally:  # also when cancelled: the model goes back to the host and the GPU memory is released
+        model.net.cpu()
+        if dev.type == "cuda":
+            torch.cuda.empty_cache()
     return result.reshape(np.shape(data)) if out is None else result
 
 

@@ -37,10 +37,11 @@ class DenoiseMethod:
     params
         Frozen parameter dataclass (see :mod:`napari_cryoden.params`).
     denoise
-        ``iter_denoise(data, params, *, is_stack, voxel_size, seed, device)``: a generator of progress events
-        returning the denoised array (same shape as ``data``, float32, the input's units). ``data`` is a 2D
-        image, a 3D volume, or an (n, y, x) stack when ``is_stack``; it may be memory-mapped and is never
-        modified.
+        ``iter_denoise(data, params, *, is_stack, voxel_size, seed, device, out=None)``: a generator of
+        progress events returning the denoised array (same shape as ``data``, float32, the input's units).
+        ``data`` is a 2D image, a 3D volume, or an (n, y, x) stack when ``is_stack``; it may be memory-mapped
+        and is never modified. With ``out`` (e.g. a memory-mapped output file of ``data``'s shape) the result
+        is written there piece by piece and returned, so a volume larger than memory can be processed.
     description
         One paragraph for ``--help`` and the docs.
     dims

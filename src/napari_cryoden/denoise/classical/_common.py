@@ -58,13 +58,14 @@ def noise_levels(data, *, is_stack: bool, noise_sigma: float | None) -> np.ndarr
     return np.full(n, estimate_noise_sigma(data))
 
 
-def iter_slicewise(data, core: BatchCore, *, sigmas: np.ndarray, chunk: int, stage: str = "denoise"
-                   ) -> Generator[ProgressEvent, None, np.ndarray]:
+def iter_slicewise(data, core: BatchCore, *, sigmas: np.ndarray, chunk: int, stage: str = "denoise",
+                   out=None) -> Generator[ProgressEvent, None, np.ndarray]:
     """Run ``core(images (b, y, x) float32, sigmas (b,)) -> (b, y, x)`` over the images of ``data`` in
-    chunks of ``chunk``; yields one event per chunk and returns the float32 result of ``data``'s shape."""
+    chunks of ``chunk``; yields one event per chunk and returns the float32 result of ``data``'s shape
+    (written into ``out``, e.g. a memory-mapped output file, when given: then host memory holds one chunk)."""
     images = data if data.ndim == 3 else data[None]
     n = images.shape[0]
-    out = np.empty(images.shape, dtype=np.float32)
+    out = np.empty(images.shape, dtype=np.float32) if out is None else out.reshape(images.shape)
     clock = StageClock(stage, n)
     yield clock.event(0)
     chunk = max(1, int(chunk))
@@ -207,7 +208,7 @@ def tiled(core: BatchCore, *, tile: int, margin: int) -> BatchCore:
 
 def iter_tiled_method(data, core_images: Callable[[torch.Tensor, torch.Tensor], torch.Tensor], *, is_stack: bool,
                       name, device: str, noise_sigma: float | None, min_side: int, tile: int, margin: int,
-                      bytes_per_image: Callable[[int, int], float], budget_bytes: float = 512e6):
+                      bytes_per_image: Callable[[int, int], float], budget_bytes: float = 512e6, out=None):
     """The registry adapter shared by the patch methods (BM3D, K-SVD, DDTF).
 
     Validates the input, estimates the noise sigma when not given, picks how many (tile-sized) images fit
@@ -224,5 +225,6 @@ def iter_tiled_method(data, core_images: Callable[[torch.Tensor, torch.Tensor], 
         out = core_images(torch.as_tensor(batch, device=dev), torch.as_tensor(sig, dtype=torch.float32))
         return out.cpu().numpy()
 
-    result = yield from iter_slicewise(data, tiled(core, tile=tile, margin=margin), sigmas=sigmas, chunk=chunk)
+    result = yield from iter_slicewise(data, tiled(core, tile=tile, margin=margin), sigmas=sigmas, chunk=chunk,
+                                       out=out)
     return result

@@ -213,7 +213,7 @@ def _bytes_per_image(h: int, w: int, p: int, step: int, k: int, search_window: i
 
 
 def iter_bm3d(data, params: BM3DParams, *, is_stack: bool, voxel_size=None, seed: int = 0, device: str = "auto",
-              name=None):
+              name=None, out=None):
     """BM3D (registry interface): 2D images, stacks image by image, volumes slice by slice along z."""
     result = yield from iter_tiled_method(
         data, lambda images, sig: bm3d_images(
@@ -225,7 +225,7 @@ def iter_bm3d(data, params: BM3DParams, *, is_stack: bool, voxel_size=None, seed
         bytes_per_image=lambda h, w: _bytes_per_image(h, w, params.patch_size, params.step,
                                                       max(params.matches, params.wiener_matches),
                                                       params.search_window),
-        budget_bytes=768e6)
+        budget_bytes=768e6, out=out)
     return result
 
 register(DenoiseMethod(

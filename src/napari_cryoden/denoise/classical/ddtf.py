@@ -114,7 +114,7 @@ def ddtf_images(images: torch.Tensor, sigmas: torch.Tensor, *, patch_size: int =
 
 
 def iter_ddtf(data, params: DDTFParams, *, is_stack: bool, voxel_size=None, seed: int = 0, device: str = "auto",
-              name=None):
+              name=None, out=None):
     """DDTF (registry interface): 2D images, stacks image by image, volumes slice by slice along z."""
     result = yield from iter_tiled_method(
         data, lambda images, sig: ddtf_images(
@@ -122,7 +122,7 @@ def iter_ddtf(data, params: DDTFParams, *, is_stack: bool, voxel_size=None, seed
             train_patches=params.train_patches, seed=seed),
         is_stack=is_stack, name=name, device=device, noise_sigma=params.noise_sigma, min_side=params.patch_size,
         tile=TILE, margin=2 * params.patch_size,
-        bytes_per_image=lambda h, w: 4.0 * h * w * 5 * params.patch_size**2)
+        bytes_per_image=lambda h, w: 4.0 * h * w * 5 * params.patch_size**2, out=out)
     return result
 
 register(DenoiseMethod(

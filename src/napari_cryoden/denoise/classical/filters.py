@@ -103,36 +103,76 @@ class MedianParams:
                                         "is then chosen among 1-11 px to minimise the MSE against it")
 
 
-def iter_gaussian(data, params: GaussianParams, *, is_stack: bool, voxel_size=None, seed: int = 0,
-                  device: str = "auto", name=None):
-    """Gaussian filter (registry interface); returns a float32 array of ``data``'s shape."""
-    check_input(data, is_stack=is_stack, name=name)
-    clock = StageClock("denoise", 1)
+#: Planes per slab when a volume is filtered slab by slab (into a memory-mapped output).
+SLAB_PLANES = 32
+
+
+def _iter_filter(data, filt, halo: int, *, is_stack: bool, out=None):
+    """Apply ``filt(array) -> array`` to ``data``: whole when it fits and no ``out`` is given, else slab by slab
+    along the first axis with ``halo`` planes of context (images one by one for a stack), so host memory holds
+    one slab. With ``halo`` at least the filter's radius the result equals the whole-array filter exactly."""
+    n = data.shape[0] if data.ndim == 3 else 1
+    if out is None and data.nbytes <= 2**30 or data.ndim == 2:
+        clock = StageClock("denoise", 1)
+        yield clock.event(0)
+        result = filt(np.asarray(data, dtype=np.float32))
+        yield clock.event(1)
+        if out is not None:
+            out[...] = result
+            return out
+        return result
+    if out is None:
+        out = np.empty(data.shape, dtype=np.float32)
+    step = SLAB_PLANES if not is_stack else max(1, SLAB_PLANES * 4)
+    halo = 0 if is_stack else halo
+    clock = StageClock("denoise", n)
     yield clock.event(0)
-    if params.reference:
-        best, out, _ = oracle_filter(data, _load_reference(params.reference, data.shape), kind="gaussian",
-                                     is_stack=is_stack)
-        yield clock.event(1, oracle_sigma=best)
-        return out
-    out = gaussian_filter(data, params.sigma, is_stack=is_stack)
-    yield clock.event(1)
+    for z0 in range(0, n, step):
+        z1 = min(n, z0 + step)
+        a, b = max(0, z0 - halo), min(n, z1 + halo)
+        res = filt(np.asarray(data[a:b], dtype=np.float32))
+        out[z0:z1] = res[z0 - a:z1 - a]
+        yield clock.event(z1)
     return out
+
+
+def iter_gaussian(data, params: GaussianParams, *, is_stack: bool, voxel_size=None, seed: int = 0,
+                  device: str = "auto", name=None, out=None):
+    """Gaussian filter (registry interface); returns a float32 array of ``data``'s shape (``out`` when given)."""
+    check_input(data, is_stack=is_stack, name=name)
+    if params.reference:
+        clock = StageClock("denoise", 1)
+        yield clock.event(0)
+        best, result, _ = oracle_filter(data, _load_reference(params.reference, data.shape), kind="gaussian",
+                                        is_stack=is_stack)
+        yield clock.event(1, oracle_sigma=best)
+        if out is not None:
+            out[...] = result
+            return out
+        return result
+    halo = int(4.0 * params.sigma + 0.5) + 1  # scipy truncates the kernel at 4 sigma
+    result = yield from _iter_filter(data, lambda a: gaussian_filter(a, params.sigma, is_stack=is_stack), halo,
+                                     is_stack=is_stack, out=out)
+    return result
 
 
 def iter_median(data, params: MedianParams, *, is_stack: bool, voxel_size=None, seed: int = 0,
-                device: str = "auto", name=None):
-    """Median filter (registry interface); returns a float32 array of ``data``'s shape."""
+                device: str = "auto", name=None, out=None):
+    """Median filter (registry interface); returns a float32 array of ``data``'s shape (``out`` when given)."""
     check_input(data, is_stack=is_stack, name=name)
-    clock = StageClock("denoise", 1)
-    yield clock.event(0)
     if params.reference:
-        best, out, _ = oracle_filter(data, _load_reference(params.reference, data.shape), kind="median",
-                                     is_stack=is_stack)
+        clock = StageClock("denoise", 1)
+        yield clock.event(0)
+        best, result, _ = oracle_filter(data, _load_reference(params.reference, data.shape), kind="median",
+                                        is_stack=is_stack)
         yield clock.event(1, oracle_size=best)
-        return out
-    out = median_filter(data, params.size, is_stack=is_stack)
-    yield clock.event(1)
-    return out
+        if out is not None:
+            out[...] = result
+            return out
+        return result
+    result = yield from _iter_filter(data, lambda a: median_filter(a, params.size, is_stack=is_stack),
+                                     params.size // 2 + 1, is_stack=is_stack, out=out)
+    return result
 
 
 register(DenoiseMethod(

@@ -257,7 +257,7 @@ def ksvd_images(images: torch.Tensor, sigmas: torch.Tensor, *, patch_size: int =
 
 
 def iter_ksvd(data, params: KSVDParams, *, is_stack: bool, voxel_size=None, seed: int = 0, device: str = "auto",
-              name=None):
+              name=None, out=None):
     """K-SVD (registry interface): 2D images, stacks image by image, volumes slice by slice along z."""
     result = yield from iter_tiled_method(
         data, lambda images, sig: ksvd_images(
@@ -268,7 +268,7 @@ def iter_ksvd(data, params: KSVDParams, *, is_stack: bool, voxel_size=None, seed
         tile=TILE, margin=2 * params.patch_size,
         # working set per image: patches and reconstructions (p² floats per patch) plus OMP correlations
         bytes_per_image=lambda h, w: 4.0 * h * w * (4 * params.patch_size**2 + 2 * params.sparsity)
-        + 4.0 * _OMP_CHUNK * params.n_atoms)
+        + 4.0 * _OMP_CHUNK * params.n_atoms, out=out)
     return result
 
 register(DenoiseMethod(

@@ -70,7 +70,7 @@ def denoise_with_model(gen: torch.nn.Module, images: np.ndarray, device: torch.d
 
 
 def _iter_supervised(kind: str, data, params: SupervisedParams, *, is_stack: bool, voxel_size=None,
-                     seed: int = 0, device: str = "auto", name=None):
+                     seed: int = 0, device: str = "auto", name=None, out=None):
     check_input(data, is_stack=is_stack, name=name, min_side=2)
     from ...device import resolve_device
 
@@ -84,7 +84,7 @@ def _iter_supervised(kind: str, data, params: SupervisedParams, *, is_stack: boo
                         "unreliable (resample the data or retrain)", kind, trained_px, px)
     images = data if data.ndim == 3 else data[None]
     n = images.shape[0]
-    out = np.empty(images.shape, dtype=np.float32)
+    out = np.empty(images.shape, dtype=np.float32) if out is None else out.reshape(images.shape)
     clock = StageClock("denoise", n)
     yield clock.event(0)
     for start in range(0, n, params.batch_size):
@@ -95,17 +95,17 @@ def _iter_supervised(kind: str, data, params: SupervisedParams, *, is_stack: boo
 
 
 def iter_cgan(data, params: SupervisedParams, *, is_stack: bool, voxel_size=None, seed: int = 0,
-              device: str = "auto", name=None):
+              device: str = "auto", name=None, out=None):
     """cGAN generator (registry interface); see :mod:`.train`."""
     return (yield from _iter_supervised("cgan", data, params, is_stack=is_stack, voxel_size=voxel_size, seed=seed,
-                                        device=device, name=name))
+                                        device=device, name=name, out=out))
 
 
 def iter_autoencoder(data, params: SupervisedParams, *, is_stack: bool, voxel_size=None, seed: int = 0,
-                     device: str = "auto", name=None):
+                     device: str = "auto", name=None, out=None):
     """U-Net autoencoder (registry interface); see :mod:`.train`."""
     return (yield from _iter_supervised("autoencoder", data, params, is_stack=is_stack, voxel_size=voxel_size,
-                                        seed=seed, device=device, name=name))
+                                        seed=seed, device=device, name=name, out=out))
 
 
 _CAVEAT = ("Only as trustworthy as the simulation it was trained on: on data unlike it, it can invent or "
