@@ -57,8 +57,12 @@ def crlb(ref: np.ndarray, snr: float) -> tuple[float, float]:
     return 0.674 * sa, 1.177 * sd
 
 
-def global_shift_free(est_o, true_o, true_psi):
-    th = np.deg2rad(true_psi)
+def global_shift_free(est_o, true_o, psi):
+    """Remove the shift that comes with a reference-free result's global frame: a reference centred ``c`` away
+    from the true one moves every origin by ``c`` turned by the particle's angle. ``psi`` is the estimated
+    angle after removing the global rotation (for a symmetric particle it may differ from the truth by a
+    symmetry step, and the offset turns with the estimate, not with the truth)."""
+    th = np.deg2rad(psi)
     d = est_o - true_o
     c = np.array([np.median(-(np.cos(th) * d[:, 0] - np.sin(th) * d[:, 1])),
                   np.median(-(np.sin(th) * d[:, 0] + np.cos(th) * d[:, 1]))])
@@ -71,7 +75,7 @@ def errors(res, sim, sym, *, free=False):
     o = res.origins
     if free:
         _, psi = remove_global_rotation(psi, sim.angles, symmetry=sym)
-        o = global_shift_free(o, sim.origins, sim.angles)
+        o = global_shift_free(o, sim.origins, psi)
     return (float(np.median(angular_error(psi, sim.angles, symmetry=sym))),
             float(np.median(shift_error(o, sim.origins))))
 

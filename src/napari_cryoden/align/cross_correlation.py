@@ -48,10 +48,12 @@ class ClassicalParams:
                                 min=0.05, max=10.0)
     n_candidates: int = param(3, "peaks of the amplitude correlation tried (each with +180°)", min=1, max=20)
     climb_steps: int = param(4, "hill-climbing steps over the bank's neighbouring angles", min=0, max=50)
-    iterations: int = param(8, "reference-free: at most this many passes over the stack", min=1, max=100)
-    seed_images: int = param(256, "reference-free: images in the bootstrap that starts the average", min=2)
+    iterations: int = param(15, "reference-free: at most this many passes over the stack", min=1, max=100)
+    seed_images: int = param(1000, "reference-free: images in the bootstrap that starts the average", min=2)
     tolerance_deg: float = param(0.1, "reference-free: stop when the median angle change is below this",
                                  min=0.0)
+    split_halves: bool = param(True, "reference-free: align the even particles to the odd ones' average and the "
+                                     "odd to the even (no particle sees its own noise in its reference)")
     batch_size: int = param(512, "particles per batch", min=1)
     seed: int = param(0, "random seed (reference-free bootstrap order)")
 
@@ -414,6 +416,23 @@ def _source(images, pixel_size: float = 1.0):
     return ArraySource(np.asarray(images) if not hasattr(images, "shape") else images, pixel_size=pixel_size)
 
 
+def phase_flip(images, ctf) -> np.ndarray:
+    """Particles with the sign of their CTF undone (``ctf`` on the ``rfft2`` grid, (n, N, N//2+1)): the
+    contrast of every frequency made positive, so particles of different defocus add up instead of cancelling.
+    Averages of CTF data are built from these."""
+    x = torch.as_tensor(np.ascontiguousarray(images, dtype=np.float32))
+    c = torch.as_tensor(np.asarray(ctf, dtype=np.float32)).clone()
+    # Columns kx = 0 and (even boxes) kx = Nyquist hold both +ky and -ky: their signs must agree for the
+    # result to stay real (an astigmatic CTF sampled at -N/2 does not quite), so use the mean of the two.
+    ny = c.shape[-2]
+    mirror = (-torch.arange(ny)) % ny
+    cols = [0] + ([c.shape[-1] - 1] if x.shape[-1] % 2 == 0 else [])
+    for col in cols:
+        c[..., :, col] = 0.5 * (c[..., :, col] + c[..., mirror, col])
+    f = torch.fft.rfft2(x) * torch.where(c < 0, -1.0, 1.0)  # a zero of the CTF keeps its frequency as it is
+    return torch.fft.irfft2(f, s=x.shape[-2:]).numpy()
+
+
 def _read_ctf(ctf, start: int, stop: int):
     if ctf is None:
         return None
@@ -421,25 +440,48 @@ def _read_ctf(ctf, start: int, stop: int):
 
 
 def iter_align_pass(aligner: ClassicalAligner, source, *, clock: StageClock, ctf=None, angle_guess=None,
-                    aligned_out=None, step_offset: int = 0, total: int = 0
-                    ) -> Generator[ProgressEvent, None, tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]]:
-    """One pass over ``source`` in batches: parameters, the average and (optionally) the aligned images."""
+                    aligned_out=None, step_offset: int = 0, total: int = 0, odd_aligner=None, halves: bool = False
+                    ) -> Generator[ProgressEvent, None, tuple]:
+    """One pass over ``source`` in batches: parameters, the average and (optionally) the aligned images.
+
+    With ``odd_aligner`` the particles of odd index are aligned by it (and those of even index by
+    ``aligner``). With ``halves`` the pass returns the averages of the even and of the odd particles
+    separately (``psi, origins, scores, average_even, average_odd``).
+    """
     n, box, bs = len(source), source.box, aligner.params.batch_size
     psi, origins, scores = np.zeros(n), np.zeros((n, 2)), np.zeros(n)
-    acc = torch.zeros((box, box), dtype=torch.float64, device=aligner.device)
+    acc = torch.zeros((2, box, box), dtype=torch.float64, device=aligner.device)
     for b, start in enumerate(range(0, n, bs)):
         stop = min(n, start + bs)
         block = source.read(start, stop)
         guess = None if angle_guess is None else np.asarray(angle_guess[start:stop])
-        a, o, s = aligner.align_batch(block, ctf=_read_ctf(ctf, start, stop), angle_guess=guess)
-        psi[start:stop], origins[start:stop], scores[start:stop] = a, o, s
-        aligned = align_images(_to_tensor(block, aligner.device), angles=torch.as_tensor(a, dtype=torch.float32),
-                               shifts=torch.as_tensor(o, dtype=torch.float32))
-        acc += aligned.sum(0).to(torch.float64)
+        block_ctf = _read_ctf(ctf, start, stop)
+        parity = (np.arange(start, stop) % 2).astype(bool)
+        groups = [(slice(None), aligner)] if odd_aligner is None else [(~parity, aligner), (parity, odd_aligner)]
+        for rows, who in groups:
+            if not np.any(np.ones(stop - start, bool)[rows]):
+                continue
+            a, o, s = who.align_batch(block[rows], ctf=None if block_ctf is None else block_ctf[rows],
+                                      angle_guess=None if guess is None else guess[rows])
+            psi[start:stop][rows], origins[start:stop][rows], scores[start:stop][rows] = a, o, s
+        a = torch.as_tensor(psi[start:stop], dtype=torch.float32)
+        o = torch.as_tensor(origins[start:stop], dtype=torch.float32)
+        aligned = align_images(_to_tensor(block, aligner.device), angles=a, shifts=o)
+        # With a CTF the average is of phase-flipped particles (else defoci cancel each other's contrast).
+        for_average = aligned if block_ctf is None else align_images(
+            _to_tensor(phase_flip(block, block_ctf), aligner.device), angles=a, shifts=o)
+        par = torch.as_tensor(parity, device=aligner.device)
+        acc[0] += for_average[~par].sum(0).to(torch.float64)
+        acc[1] += for_average[par].sum(0).to(torch.float64)
         if aligned_out is not None:
             aligned_out[start:stop] = aligned.cpu().numpy()
         yield clock.event(step_offset + b + 1, total=total, done=stop, particles=n)
-    return psi, origins, scores, (acc / max(n, 1)).cpu().numpy().astype(np.float32)
+    if halves:
+        n_odd = n // 2
+        even = (acc[0] / max(n - n_odd, 1)).cpu().numpy().astype(np.float32)
+        odd = (acc[1] / max(n_odd, 1)).cpu().numpy().astype(np.float32)
+        return psi, origins, scores, even, odd
+    return psi, origins, scores, (acc.sum(0) / max(n, 1)).cpu().numpy().astype(np.float32)
 
 
 def _n_batches(n: int, bs: int) -> int:
@@ -498,10 +540,11 @@ def _bootstrap_reference(source, aligner: ClassicalAligner, params: ClassicalPar
     block_ctf = None
     if ctf is not None:
         block_ctf = np.concatenate([_read_ctf(ctf, int(r), int(r) + 1) for r in rows]) if m < n else _read_ctf(ctf, 0, n)
-    mean = block.mean(0)
+    flipped = block if block_ctf is None else phase_flip(block, block_ctf)  # what averages are built from
+    mean = flipped.mean(0)
     aligner.set_reference(rotational_average(mean))
     _, origins, _ = aligner.align_batch(block, ctf=block_ctf)
-    centred = fourier_shift(block, origins)  # content moves by +o: back to the centre
+    centred = fourier_shift(flipped, origins)  # content moves by +o: back to the centre
     order = rng.permutation(m)
     total = centred[order[0]].astype(np.float64)
     count, start = 1, 1
@@ -510,10 +553,25 @@ def _bootstrap_reference(source, aligner: ClassicalAligner, params: ClassicalPar
         sel = order[start:stop]
         aligner.set_reference(total / count)
         psi, o, _ = aligner.align_batch(block[sel], ctf=None if block_ctf is None else block_ctf[sel])
-        total += align_images(block[sel], angles=psi, shifts=o).sum(0)
+        total += align_images(flipped[sel], angles=psi, shifts=o).sum(0)
         count += len(sel)
         start = stop
     return (total / count).astype(np.float32)
+
+
+def _set_half_references(aligner: ClassicalAligner, odd_aligner: ClassicalAligner, ref_even: np.ndarray,
+                         ref_odd: np.ndarray, params: ClassicalParams) -> np.ndarray:
+    """Put the odd half's average into the even half's frame (one rotation and shift), then give each half the
+    other's average: the even particles are aligned by ``aligner`` to the odd average and the odd particles by
+    ``odd_aligner`` to the even average. Returns the mean of the two, the common reference."""
+    ref_even = symmetrize(ref_even, params.symmetry)
+    ref_even = fourier_shift(ref_even, -centre_of_mass_shift(ref_even))
+    odd_aligner.set_reference(ref_even)
+    a, o, _ = odd_aligner.align_batch(symmetrize(ref_odd, params.symmetry)[None])
+    ref_odd = symmetrize(align_images(ref_odd[None], angles=a, shifts=o)[0].astype(np.float32), params.symmetry)
+    aligner.set_reference(ref_odd)  # even particles see only the odd ones' noise
+    odd_aligner.set_reference(ref_even)
+    return (0.5 * (ref_even + ref_odd)).astype(np.float32)
 
 
 def iter_align_reference_free(images, params: ClassicalParams | None = None, *, device="cpu", ctf=None,
@@ -541,12 +599,25 @@ def iter_align_reference_free(images, params: ClassicalParams | None = None, *, 
     previous = None
     history = []
     step = 0
+    split = params.split_halves and n >= 4
+    odd_aligner = ClassicalAligner(np.zeros((box, box), np.float32), params, device=device) if split else None
+    ref_even = ref_odd = None  # the averages of the even and of the odd particles (split_halves)
     for it in range(params.iterations):
-        reference = symmetrize(reference, params.symmetry)
-        reference = fourier_shift(reference, -centre_of_mass_shift(reference))
-        aligner.set_reference(reference)
-        psi, origins, scores, average = yield from iter_align_pass(aligner, source, clock=clock, ctf=ctf,
-                                                                   step_offset=step, total=total)
+        if split and ref_even is not None:
+            reference = _set_half_references(aligner, odd_aligner, ref_even, ref_odd, params)
+        else:
+            reference = symmetrize(reference, params.symmetry)
+            reference = fourier_shift(reference, -centre_of_mass_shift(reference))
+            aligner.set_reference(reference)
+            if split:
+                odd_aligner.set_reference(reference)
+        out = yield from iter_align_pass(aligner, source, clock=clock, ctf=ctf, step_offset=step, total=total,
+                                         odd_aligner=odd_aligner, halves=split)
+        if split:
+            psi, origins, scores, ref_even, ref_odd = out
+            average = 0.5 * (ref_even + ref_odd)
+        else:
+            psi, origins, scores, average = out
         step += per_pass
         if previous is not None:
             from ..metrics.alignment import angular_error
@@ -561,13 +632,18 @@ def iter_align_reference_free(images, params: ClassicalParams | None = None, *, 
                 break
         previous = (psi, origins)
         reference = average
-    # Final pass: parameters against the settled average, the aligned stack and its average.
-    reference = symmetrize(reference, params.symmetry)
-    reference = fourier_shift(reference, -centre_of_mass_shift(reference))
-    aligner.set_reference(reference)
+    # Final pass: parameters against the settled average(s), the aligned stack and its average.
+    if split and ref_even is not None:
+        reference = _set_half_references(aligner, odd_aligner, ref_even, ref_odd, params)
+    else:
+        reference = symmetrize(reference, params.symmetry)
+        reference = fourier_shift(reference, -centre_of_mass_shift(reference))
+        aligner.set_reference(reference)
+        odd_aligner = None
     out = aligned_out if aligned_out is not None else (np.empty((n, box, box), np.float32) if keep_aligned else None)
     psi, origins, scores, average = yield from iter_align_pass(aligner, source, clock=clock, ctf=ctf,
-                                                               aligned_out=out, step_offset=step, total=total)
+                                                               aligned_out=out, step_offset=step, total=total,
+                                                               odd_aligner=odd_aligner)
     yield clock.event(total, total=total)
     return AlignmentResult(psi, origins, scores, symmetrize(average, params.symmetry), reference,
                            out if aligned_out is None else None,
