@@ -65,12 +65,12 @@ def _fixed_loss(net, sim, joint: bool) -> float:
     return float(circular_distance_180(p1 - p2, (rot[1] - rot[0]) - (rot[3] - rot[2])).mean())
 
 
-@pytest.mark.parametrize("joint", [False, pytest.param(True, marks=pytest.mark.xfail(
-    reason="JUDL's angle loss does not yet fall reliably within 16 CPU steps (see docs/align.md)", strict=False))],
-    ids=["udl", "judl"])
+@pytest.mark.parametrize("joint", [False, True], ids=["udl", "judl"])
 def test_training_lowers_the_loss_and_the_model_round_trips(sim, tmp_path, joint):
-    # A small reconstruction weight: with 16 steps the default 20 x epoch swamps the angle term.
-    params = DeepAlignParams(epochs=2, steps_per_epoch=8, batch_size=8, learning_rate=3e-3, seed=0,
+    # A small reconstruction weight: with few steps the default 20 x epoch swamps the angle term. 60 steps at a
+    # learning rate of 1e-3: with 16 steps at 3e-3 the fixed-pair loss of UDL fell or rose with the seed and
+    # even with the thread count; at these settings it fell for seeds 0-3 with 1 and with 2 threads.
+    params = DeepAlignParams(epochs=3, steps_per_epoch=20, batch_size=8, learning_rate=1e-3, seed=0,
                              reconstruction_weight=0.5)
     torch.manual_seed(params.seed)  # the network iter_train starts from
     initial = RelativeAngleNet(BOX, base=params.base_channels, levels=params.levels).eval()
@@ -79,7 +79,8 @@ def test_training_lowers_the_loss_and_the_model_round_trips(sim, tmp_path, joint
     model = run(gen, events.append)
     assert model.kind == ("align/judl" if joint else "align/udl")
     losses = [h["angle_loss"] for h in model.extra["history"]]
-    assert len(events) == len(losses) == 16
+    assert len(events) == len(losses) == 60
+    assert np.mean(losses[-10:]) < np.mean(losses[:10])  # the training loss falls
     # The difference loss on fixed pairs and fixed rotations falls.
     assert _fixed_loss(build_network(model), sim, joint) < _fixed_loss(initial, sim, joint)
     if joint:

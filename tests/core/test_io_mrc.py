@@ -173,3 +173,18 @@ def test_real_files_open(shared_data):
 def test_committed_map_opens(test_data):
     m = read_mrc(test_data / "emd_3197.map")
     assert m.data.shape == (20, 20, 20) and m.voxel_size == pytest.approx((11.4,) * 3, rel=1e-4)
+
+
+def test_streamed_writer_header_statistics_are_exact(tmp_path):
+    """MrcWriter computes dmin/dmax/dmean/rms slab by slab (never the whole volume's temporaries at once)."""
+    import mrcfile
+
+    from napari_cryoden.io.mrc import MrcWriter
+
+    x = (np.random.default_rng(0).normal(size=(40, 30, 20)) * 3 + 1).astype(np.float32)
+    with MrcWriter(tmp_path / "a.mrc", x.shape, voxel_size=2.0) as target:
+        target[...] = x
+    with mrcfile.open(tmp_path / "a.mrc") as m:
+        h = m.header
+        np.testing.assert_allclose([h.dmin, h.dmax, h.dmean, h.rms], [x.min(), x.max(), x.mean(), x.std()],
+                                   rtol=1e-5)

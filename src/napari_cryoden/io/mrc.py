@@ -376,8 +376,30 @@ class MrcWriter:
                 for lbl in self.labels[:9]:
                     mrc.add_label(str(lbl)[:80])
                 mrc.update_header_from_data()
-                mrc.update_header_stats()
+                _set_header_stats(mrc)
         finally:
             mrc.close()
             self._atomic.__exit__(exc_type, exc, tb)
         return False
+
+
+def _set_header_stats(mrc, *, chunk_bytes: int = 64 << 20) -> None:
+    """dmin, dmax, dmean and rms of the data, slab by slab (mrcfile's ``update_header_stats`` computes
+    ``data.std()``, whose temporaries are as large as the whole volume)."""
+    data = mrc.data
+    n = data.shape[0] if data.ndim >= 1 and data.size else 0
+    if n == 0:
+        mrc.update_header_stats()
+        return
+    per_row = max(1, int(np.prod(data.shape[1:])) * data.itemsize)
+    step = max(1, chunk_bytes // per_row)
+    lo, hi, total, total_sq = np.inf, -np.inf, 0.0, 0.0
+    for start in range(0, n, step):
+        block = np.asarray(data[start:start + step], dtype=np.float64)
+        lo, hi = min(lo, float(block.min())), max(hi, float(block.max()))
+        total += float(block.sum())
+        total_sq += float(np.square(block).sum())
+    count = float(data.size)
+    mean = total / count
+    mrc.header.dmin, mrc.header.dmax, mrc.header.dmean = lo, hi, mean
+    mrc.header.rms = float(np.sqrt(max(total_sq / count - mean * mean, 0.0)))
