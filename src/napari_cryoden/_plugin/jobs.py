@@ -6,6 +6,7 @@
   a file inside an atomic block leaves nothing behind).
 * Starting a new job cancels the running one; events and results of a superseded job are dropped.
 * Errors become napari notifications (one line for input errors), never tracebacks in a dialog.
+* When a job ends (done, failed or cancelled) the cached GPU memory is released.
 """
 
 from __future__ import annotations
@@ -18,6 +19,17 @@ from napari.qt.threading import GeneratorWorker, create_worker
 from .notify import notify_error, notify_info
 
 log = logging.getLogger(__name__)
+
+
+def release_gpu_memory() -> None:
+    """Give cached GPU memory back to the driver once a job has ended (no-op without CUDA)."""
+    import gc
+
+    import torch
+
+    if torch.cuda.is_available():
+        gc.collect()
+        torch.cuda.empty_cache()
 
 
 class JobRunner:
@@ -63,6 +75,7 @@ class JobRunner:
                 notify_error(exc)
 
         def _finished():
+            release_gpu_memory()  # also after an error or a Cancel: the job's tensors are gone now
             if token == self._token:
                 self.worker = None
                 if self.on_finished is not None:
