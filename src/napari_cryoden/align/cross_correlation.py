@@ -602,15 +602,20 @@ def iter_align_reference_free(images, params: ClassicalParams | None = None, *, 
     split = params.split_halves and n >= 4
     odd_aligner = ClassicalAligner(np.zeros((box, box), np.float32), params, device=device) if split else None
     ref_even = ref_odd = None  # the averages of the even and of the odd particles (split_halves)
-    for it in range(params.iterations):
+
+    def set_references(reference):
+        """Give the aligner(s) their reference(s) for the next pass; returns the common reference."""
         if split and ref_even is not None:
-            reference = _set_half_references(aligner, odd_aligner, ref_even, ref_odd, params)
-        else:
-            reference = symmetrize(reference, params.symmetry)
-            reference = fourier_shift(reference, -centre_of_mass_shift(reference))
-            aligner.set_reference(reference)
-            if split:
-                odd_aligner.set_reference(reference)
+            return _set_half_references(aligner, odd_aligner, ref_even, ref_odd, params)
+        reference = symmetrize(reference, params.symmetry)
+        reference = fourier_shift(reference, -centre_of_mass_shift(reference))
+        aligner.set_reference(reference)
+        if split:
+            odd_aligner.set_reference(reference)
+        return reference
+
+    for it in range(params.iterations):
+        reference = set_references(reference)
         out = yield from iter_align_pass(aligner, source, clock=clock, ctf=ctf, step_offset=step, total=total,
                                          odd_aligner=odd_aligner, halves=split)
         if split:
@@ -633,13 +638,7 @@ def iter_align_reference_free(images, params: ClassicalParams | None = None, *, 
         previous = (psi, origins)
         reference = average
     # Final pass: parameters against the settled average(s), the aligned stack and its average.
-    if split and ref_even is not None:
-        reference = _set_half_references(aligner, odd_aligner, ref_even, ref_odd, params)
-    else:
-        reference = symmetrize(reference, params.symmetry)
-        reference = fourier_shift(reference, -centre_of_mass_shift(reference))
-        aligner.set_reference(reference)
-        odd_aligner = None
+    reference = set_references(reference)
     out = aligned_out if aligned_out is not None else (np.empty((n, box, box), np.float32) if keep_aligned else None)
     psi, origins, scores, average = yield from iter_align_pass(aligner, source, clock=clock, ctf=ctf,
                                                                aligned_out=out, step_offset=step, total=total,

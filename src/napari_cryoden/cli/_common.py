@@ -93,23 +93,19 @@ def read_array(path: str):
 PARTICLE_SUFFIXES = ((".star",), (".xmd",), (".mrcs", ".mrc", ".st"))
 
 
-def expand_particle_inputs(items) -> list[Path]:
-    """Particle inputs from files, folders and glob patterns, in order and without duplicates. A folder gives
-    its STAR files (or, without any, its .xmd files, or else its stacks), so a stack is not taken twice."""
+def expand_paths(items, *, folder, what: str) -> list[Path]:
+    """Files, folders and glob patterns, in order and without duplicates; ``folder(path)`` lists what a folder
+    contributes (empty: an error saying it holds no ``what``)."""
     import glob
 
     paths: list[Path] = []
     for item in items:
         p = Path(item)
         if p.is_dir():
-            files = sorted(q for q in p.iterdir() if q.is_file())
-            for suffixes in PARTICLE_SUFFIXES:
-                found = [q for q in files if q.suffix.lower() in suffixes]
-                if found:
-                    paths += found
-                    break
-            else:
-                raise CryodenInputError(p, "folder holds no .star, .xmd or .mrcs files")
+            found = folder(p)
+            if not found:
+                raise CryodenInputError(p, f"folder holds no {what}")
+            paths += found
         elif any(ch in str(item) for ch in "*?["):
             found = sorted(Path(q) for q in glob.glob(str(item)))
             if not found:
@@ -118,6 +114,30 @@ def expand_particle_inputs(items) -> list[Path]:
         else:
             paths.append(p)
     return list(dict.fromkeys(paths))
+
+
+def expand_particle_inputs(items) -> list[Path]:
+    """Particle inputs from files, folders and glob patterns. A folder gives its STAR files (or, without any,
+    its .xmd files, or else its stacks), so a stack is not taken twice."""
+
+    def folder(p: Path) -> list[Path]:
+        files = sorted(q for q in p.iterdir() if q.is_file())
+        for suffixes in PARTICLE_SUFFIXES:
+            found = [q for q in files if q.suffix.lower() in suffixes]
+            if found:
+                return found
+        return []
+
+    return expand_paths(items, folder=folder, what=".star, .xmd or .mrcs files")
+
+
+def single_or_batch(args, single, *, suffix: str, single_outputs: Sequence[str]) -> int:
+    """Run ``single`` on the one particle input of ``args.inputs``, or :func:`run_batch` over several."""
+    inputs = expand_particle_inputs(args.inputs)
+    if len(inputs) > 1:
+        return run_batch(args, single, inputs, suffix=suffix, single_outputs=single_outputs)
+    args.input = str(inputs[0])
+    return single(args)
 
 
 def run_batch(args, single, inputs: list[Path], *, suffix: str, single_outputs: Sequence[str] = ()) -> int:

@@ -8,7 +8,7 @@ import numpy as np
 
 from ..errors import CryodenInputError
 from ..io.star import rebase_image_names
-from ._common import check_outputs, expand_particle_inputs, positive_float, positive_int, run_batch
+from ._common import check_outputs, positive_float, positive_int, single_or_batch
 
 #: The per-particle score column written (normalised cross-correlation with the rotated, shifted reference).
 SCORE_COLUMN = "rlnCryodenScore"
@@ -59,12 +59,7 @@ def _ctf_reader(table, box: int, pixel_size: float):
 
 
 def cmd_align(args) -> int:
-    inputs = expand_particle_inputs(args.inputs)
-    if len(inputs) > 1:
-        return run_batch(args, _align_one, inputs, suffix="_aligned.star",
-                         single_outputs=("aligned", "average", "save_model"))
-    args.input = str(inputs[0])
-    return _align_one(args)
+    return single_or_batch(args, _align_one, suffix="_aligned.star", single_outputs=("aligned", "average", "save_model"))
 
 
 def _align_one(args) -> int:

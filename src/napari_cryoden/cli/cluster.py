@@ -10,7 +10,7 @@ import numpy as np
 from ..cluster.pipeline import SCORE_COLUMN, class_members, with_classes
 from ..errors import CryodenInputError
 from ..io.star import rebase_image_names
-from ._common import check_outputs, expand_particle_inputs, positive_float, run_batch
+from ._common import check_outputs, positive_float, single_or_batch
 
 
 def parse_classes(text: str) -> list[int]:
@@ -65,12 +65,7 @@ def _write_embedding(path, result, inputs) -> None:
 
 
 def cmd_cluster(args) -> int:
-    inputs = expand_particle_inputs(args.inputs)
-    if len(inputs) > 1:
-        return run_batch(args, _cluster_one, inputs, suffix="_classes.star",
-                         single_outputs=("averages", "embedding", "save_model"))
-    args.input = str(inputs[0])
-    return _cluster_one(args)
+    return single_or_batch(args, _cluster_one, suffix="_classes.star", single_outputs=("averages", "embedding", "save_model"))
 
 
 def _cluster_one(args) -> int:

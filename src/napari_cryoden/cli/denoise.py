@@ -9,13 +9,12 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import glob
 import logging
 from pathlib import Path
 
 from ..errors import CryodenInputError, CryodenOutputError, require_finite
 from ..io.mrc import MRC_SUFFIXES, MrcWriter, read_mrc
-from ._common import check_outputs
+from ._common import check_outputs, expand_paths
 
 log = logging.getLogger(__name__)
 
@@ -58,18 +57,9 @@ def expand_inputs(items: list[str]) -> list[Path]:
         p = Path(item)
         if p.suffix.lower() == ".star" and p.is_file():
             paths += star_file_list(p)
-        elif p.is_dir():
-            found = sorted(q for q in p.iterdir() if q.suffix.lower() in MRC_SUFFIXES and q.is_file())
-            if not found:
-                raise CryodenInputError(p, "folder holds no .mrc/.mrcs/.map/.rec/.st files")
-            paths += found
-        elif any(ch in item for ch in "*?["):
-            found = sorted(Path(q) for q in glob.glob(item))
-            if not found:
-                raise CryodenInputError(item, "the pattern matches no file")
-            paths += found
         else:
-            paths.append(p)
+            paths += expand_paths([item], what=".mrc/.mrcs/.map/.rec/.st files", folder=lambda d: sorted(
+                q for q in d.iterdir() if q.suffix.lower() in MRC_SUFFIXES and q.is_file()))
     return list(dict.fromkeys(paths))
 
 
