@@ -136,43 +136,39 @@ def _iter_filter(data, filt, halo: int, *, is_stack: bool, out=None):
     return out
 
 
+def _iter_filter_method(kind: str, data, params, filt, halo: int, *, is_stack: bool, name, out):
+    """The registry body shared by the Gaussian and median filters: the oracle mode (``params.reference``)
+    or the filter itself, slab by slab (:func:`_iter_filter`)."""
+    check_input(data, is_stack=is_stack, name=name)
+    if not params.reference:
+        result = yield from _iter_filter(data, filt, halo, is_stack=is_stack, out=out)
+        return result
+    clock = StageClock("denoise", 1)
+    yield clock.event(0)
+    best, result, _ = oracle_filter(data, _load_reference(params.reference, data.shape), kind=kind,
+                                    is_stack=is_stack)
+    yield clock.event(1, **{"oracle_sigma" if kind == "gaussian" else "oracle_size": best})
+    if out is None:
+        return result
+    out[...] = result
+    return out
+
+
 def iter_gaussian(data, params: GaussianParams, *, is_stack: bool, voxel_size=None, seed: int = 0,
                   device: str = "auto", name=None, out=None):
     """Gaussian filter (registry interface); returns a float32 array of ``data``'s shape (``out`` when given)."""
-    check_input(data, is_stack=is_stack, name=name)
-    if params.reference:
-        clock = StageClock("denoise", 1)
-        yield clock.event(0)
-        best, result, _ = oracle_filter(data, _load_reference(params.reference, data.shape), kind="gaussian",
-                                        is_stack=is_stack)
-        yield clock.event(1, oracle_sigma=best)
-        if out is not None:
-            out[...] = result
-            return out
-        return result
     halo = int(4.0 * params.sigma + 0.5) + 1  # scipy truncates the kernel at 4 sigma
-    result = yield from _iter_filter(data, lambda a: gaussian_filter(a, params.sigma, is_stack=is_stack), halo,
-                                     is_stack=is_stack, out=out)
-    return result
+    return (yield from _iter_filter_method("gaussian", data, params,
+                                           lambda a: gaussian_filter(a, params.sigma, is_stack=is_stack), halo,
+                                           is_stack=is_stack, name=name, out=out))
 
 
 def iter_median(data, params: MedianParams, *, is_stack: bool, voxel_size=None, seed: int = 0,
                 device: str = "auto", name=None, out=None):
     """Median filter (registry interface); returns a float32 array of ``data``'s shape (``out`` when given)."""
-    check_input(data, is_stack=is_stack, name=name)
-    if params.reference:
-        clock = StageClock("denoise", 1)
-        yield clock.event(0)
-        best, result, _ = oracle_filter(data, _load_reference(params.reference, data.shape), kind="median",
-                                        is_stack=is_stack)
-        yield clock.event(1, oracle_size=best)
-        if out is not None:
-            out[...] = result
-            return out
-        return result
-    result = yield from _iter_filter(data, lambda a: median_filter(a, params.size, is_stack=is_stack),
-                                     params.size // 2 + 1, is_stack=is_stack, out=out)
-    return result
+    return (yield from _iter_filter_method("median", data, params,
+                                           lambda a: median_filter(a, params.size, is_stack=is_stack),
+                                           params.size // 2 + 1, is_stack=is_stack, name=name, out=out))
 
 
 register(DenoiseMethod(
