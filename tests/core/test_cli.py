@@ -18,21 +18,13 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
+from _cli import run
 
 from napari_cryoden.cli import build_parser, main
 from napari_cryoden.io.mrc import read_mrc, write_mrc
 from napari_cryoden.io.star import ParticleTable, make_optics_table, read_star, write_star
 
-
 # ------------------------------------------------------------------------------------------- helpers
-def run(capsys, *argv) -> tuple[int, str, str]:
-    """(exit status, stdout, stderr) of ``cryoden ARGV``; argparse exits are turned into statuses."""
-    try:
-        rc = main([str(a) for a in argv])
-    except SystemExit as exc:
-        rc = exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 1)
-    out, err = capsys.readouterr()
-    return rc, out, err
 
 
 def ok(capsys, *argv) -> str:

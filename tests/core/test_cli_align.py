@@ -7,8 +7,8 @@ import json
 import numpy as np
 import pytest
 import starfile
+from _cli import run
 
-from napari_cryoden.cli import main
 from napari_cryoden.io.mrc import read_mrc, write_mrc
 from napari_cryoden.metrics.alignment import angular_error, shift_error
 from napari_cryoden.sample_data import builtin_map
@@ -30,13 +30,6 @@ def data(tmp_path_factory):
     return tmp, sim
 
 
-def run(capsys, *argv):
-    try:
-        rc = main([str(a) for a in argv])
-    except SystemExit as exc:
-        rc = exc.code
-    out, err = capsys.readouterr()
-    return rc, out, err
 
 
 def test_align_stack_to_reference_writes_star_stack_and_average(data, capsys, tmp_path):

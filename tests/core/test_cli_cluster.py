@@ -6,8 +6,8 @@ import numpy as np
 import pandas as pd
 import pytest
 import starfile
+from _cli import run
 
-from napari_cryoden.cli import main
 from napari_cryoden.io.mrc import read_mrc
 from napari_cryoden.metrics import adjusted_rand_index
 from napari_cryoden.sample_data import SAMPLE_CLASS_VIEWS, builtin_map
@@ -27,13 +27,6 @@ def data(tmp_path_factory):
     return tmp, sim
 
 
-def run(capsys, *argv):
-    try:
-        rc = main([str(a) for a in argv])
-    except SystemExit as exc:
-        rc = exc.code
-    out, err = capsys.readouterr()
-    return rc, out, err
 
 
 FAST = ("--epochs", "0.5")

@@ -8,7 +8,6 @@ import pytest
 
 from napari_cryoden.io.star import read_particle_images, read_star
 from napari_cryoden.metrics import adjusted_rand_index
-from napari_cryoden.sample_data import sample_particles
 
 PLUGIN = "napari-cryoden"
 
@@ -18,15 +17,8 @@ def _wait(widget, qtbot, timeout=300_000):
 
 
 @pytest.fixture
-def stack_viewer(make_napari_viewer):
-    from napari_cryoden._plugin.layers import add_layer
-    from napari_cryoden._plugin.sample_data import particle_layers
-
-    viewer = make_napari_viewer()
-    sim = sample_particles(n_particles=60, snr=1.0, max_shift=3.0, seed=4)
-    for tup in particle_layers(sim):
-        add_layer(viewer, tup)
-    return viewer, sim
+def stack_viewer(make_particle_viewer):
+    return make_particle_viewer(n_particles=60, snr=1.0, max_shift=3.0, seed=4)
 
 
 def test_cluster_widget_finds_the_classes_and_exports(stack_viewer, qtbot, tmp_path):

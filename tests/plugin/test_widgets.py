@@ -8,7 +8,6 @@ import pytest
 
 from napari_cryoden.io.star import read_star
 from napari_cryoden.metrics import angular_error
-from napari_cryoden.sample_data import sample_particles
 
 PLUGIN = "napari-cryoden"
 
@@ -38,15 +37,8 @@ def test_simulate_tomogram_and_particles(make_napari_viewer, qtbot):
 
 
 @pytest.fixture
-def particle_viewer(make_napari_viewer):
-    from napari_cryoden._plugin.layers import add_layer
-    from napari_cryoden._plugin.sample_data import particle_layers
-
-    viewer = make_napari_viewer()
-    sim = sample_particles(n_particles=40, snr=2.0, max_shift=3.0, seed=2)
-    for tup in particle_layers(sim):
-        add_layer(viewer, tup)
-    return viewer, sim
+def particle_viewer(make_particle_viewer):
+    return make_particle_viewer(n_particles=40, snr=2.0, max_shift=3.0, seed=2)
 
 
 def test_align_to_a_reference_recovers_angles_and_exports_star(particle_viewer, qtbot, tmp_path):

@@ -131,6 +131,17 @@ def expand_particle_inputs(items) -> list[Path]:
     return expand_paths(items, folder=folder, what=".star, .xmd or .mrcs files")
 
 
+def add_particle_inputs(parser, *, job: str, suffix: str) -> None:
+    """The IN... / -o / --overwrite arguments of a particle command that also runs as a batch."""
+    parser.add_argument("inputs", nargs="+", metavar="IN",
+                        help="particles: .mrcs stack, RELION .star or Xmipp .xmd; several files, folders or glob "
+                             f"patterns make a batch (one {job} each, into the -o folder)")
+    parser.add_argument("-o", "--output", required=True,
+                        help=f"output STAR file; with several inputs a folder, files named STEM{suffix}")
+    parser.add_argument("--overwrite", action="store_true",
+                        help="several inputs: redo outputs that exist (by default a re-run skips them)")
+
+
 def single_or_batch(args, single, *, suffix: str, single_outputs: Sequence[str]) -> int:
     """Run ``single`` on the one particle input of ``args.inputs``, or :func:`run_batch` over several."""
     inputs = expand_particle_inputs(args.inputs)

@@ -8,7 +8,7 @@ import numpy as np
 
 from ..errors import CryodenInputError
 from ..io.star import rebase_image_names
-from ._common import check_outputs, positive_float, positive_int, single_or_batch
+from ._common import add_particle_inputs, check_outputs, positive_float, positive_int, single_or_batch
 
 #: The per-particle score column written (normalised cross-correlation with the rotated, shifted reference).
 SCORE_COLUMN = "rlnCryodenScore"
@@ -164,13 +164,7 @@ def register(commands: dict) -> None:
         description="Align particle images in plane and write RELION 3.1 STAR parameters (rlnAnglePsi, "
                     f"rlnOriginX/YAngst, {SCORE_COLUMN} = normalised cross-correlation), the aligned stack "
                     "and the average. Convention: docs/conventions.md.")
-    p.add_argument("inputs", nargs="+", metavar="IN",
-                   help="particles: .mrcs stack, RELION .star or Xmipp .xmd; several files, folders or glob "
-                        "patterns make a batch (one alignment each, into the -o folder)")
-    p.add_argument("-o", "--output", required=True,
-                   help="output STAR file; with several inputs a folder, files named STEM_aligned.star")
-    p.add_argument("--overwrite", action="store_true",
-                   help="several inputs: redo outputs that exist (by default a re-run skips them)")
+    add_particle_inputs(p, job="alignment", suffix="_aligned.star")
     p.add_argument("--method", choices=("fft", "udl", "judl"), default="fft",
                    help="fft: classical Fourier cross-correlation (default); udl / judl: deep difference learning")
     p.add_argument("--reference", help="2D reference image, or a 3D map (projected along z); none: reference-free")

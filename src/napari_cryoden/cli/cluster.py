@@ -10,7 +10,7 @@ import numpy as np
 from ..cluster.pipeline import SCORE_COLUMN, class_members, with_classes
 from ..errors import CryodenInputError
 from ..io.star import rebase_image_names
-from ._common import check_outputs, positive_float, single_or_batch
+from ._common import add_particle_inputs, check_outputs, positive_float, single_or_batch
 
 
 def parse_classes(text: str) -> list[int]:
@@ -162,13 +162,7 @@ def register(commands: dict) -> None:
         description="Cluster particle images into classes and write the input's STAR table plus rlnClassNumber "
                     f"(1-based, 1 = largest class) and {SCORE_COLUMN}; optionally the class averages (largest "
                     "class first) and a 2D embedding (CSV). Methods: docs/cluster.md.")
-    p.add_argument("inputs", nargs="+", metavar="IN",
-                   help="particles: .mrcs stack, RELION .star or Xmipp .xmd; several files, folders or glob "
-                        "patterns make a batch (one clustering each, into the -o folder)")
-    p.add_argument("-o", "--output", required=True,
-                   help="output STAR file; with several inputs a folder, files named STEM_classes.star")
-    p.add_argument("--overwrite", action="store_true",
-                   help="several inputs: redo outputs that exist (by default a re-run skips them)")
+    add_particle_inputs(p, job="clustering", suffix="_classes.star")
     p.add_argument("--classes", required=True,
                    help="number of classes K, or a range K1-K2 / list K1,K2 (the best silhouette is kept)")
     p.add_argument("--method", choices=METHODS, default="siamese",
