@@ -1,7 +1,8 @@
 """Scaling: training throughput on 1 and 2 processes (torchrun, gloo, CPU), and peak host memory when
 denoising a memory-mapped volume larger than half of this machine's RAM.
 
-``--part processes`` (default) measures the processes, ``--part memory`` the big volume (its own section, as it
+``--part processes`` (default) measures the processes, ``--part rss`` the peak memory of predicting a
+256×512×512 volume with the default networks, ``--part memory`` the big volume (its own section, as it
 takes half an hour and its timing matters less), ``--part all`` both. ``--memory-gb G`` sets the size of the
 big volume (default: 55 % of RAM). The big input and output files go to ``--workdir`` (default: a temporary folder on the same
 disk as the repository) and are deleted afterwards. GPU figures come from ``benchmarks/gpu.py`` where a GPU is
@@ -142,11 +143,48 @@ def memory_rows(gb: float, workdir: Path, timeout: float) -> tuple[list[dict], d
     return rows, {"shape": shape, "gib": size_gb, "write_seconds": seconds}
 
 
+def rss_rows(workdir: Path, timeout: float, shape=(256, 512, 512)) -> list[dict]:
+    """Peak memory of ``cryoden denoise --predict-only`` with the default self2self and fourier-n2n networks on
+    a (z, y, x) float32 volume, against the resident set of a process that has only imported the CLI."""
+    from napari_cryoden.denoise.engine import default_params, iter_train
+    from napari_cryoden.models import save_model
+    from napari_cryoden.progress import run
+
+    vol = workdir / "vol.mrc"
+    make_big_volume(vol, shape)
+    crop = np.asarray(__import__("napari_cryoden.io.mrc", fromlist=["read_mrc"]).read_mrc(vol).data[:32, :96, :96])
+    base = run_watched([PY, "-c", "import time, torch, napari_cryoden.cli, napari_cryoden.denoise.engine; "
+                                  "time.sleep(2)"], timeout=60)
+    rows = []
+    for method in ("self2self", "fourier-n2n"):
+        # The default network (16 channels, depth 3, smoothing channels); a few steps are enough, since the
+        # measurement is the prediction's memory. Two samples per tile instead of eight keep the run short:
+        # samples are accumulated one after the other, so their number does not change the peak.
+        params = default_params(method, dims=3, epochs=1, time_budget=0, n_predictions=2)
+        model = run(iter_train(crop, params, method=method, device="cpu"))
+        save_model(workdir / f"{method}.pt", model.to_model_file())
+        out = workdir / f"{method}-out.mrc"
+        r = run_watched([PY, "-m", "napari_cryoden.cli", "-q", "denoise", str(vol), "-o", str(out), "--method",
+                         method, "--model", str(workdir / f"{method}.pt"), "--predict-only", "--device", "cpu"],
+                        timeout=timeout)
+        rows.append({"job": f"{method} prediction, default network, 2 samples per tile",
+                     "volume": f"{shape[0]}×{shape[1]}×{shape[2]} float32 ({vol.stat().st_size / 2**20:.0f} MiB)",
+                     "finished": "yes" if r["returncode"] == 0 else f"no ({r['stderr'][-120:]})",
+                     "seconds": r["seconds"],
+                     "voxels/s": float(np.prod(shape)) / r["seconds"] if r["returncode"] == 0 else float("nan"),
+                     "baseline RSS (MiB)": base["peak RSS (MiB)"], "peak RSS (MiB)": r["peak RSS (MiB)"],
+                     "peak RSS above baseline (MiB)": r["peak RSS (MiB)"] - base["peak RSS (MiB)"],
+                     "peak anonymous above baseline (MiB)": r["peak anonymous (MiB)"] - base["peak anonymous (MiB)"]})
+        print(rows[-1], flush=True)
+        out.unlink(missing_ok=True)
+    return rows
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--steps", type=int, default=30)
     ap.add_argument("--memory-gb", type=float, default=None)
-    ap.add_argument("--part", choices=("processes", "memory", "all"), default="processes")
+    ap.add_argument("--part", choices=("processes", "memory", "rss", "all"), default="processes")
     ap.add_argument("--timeout", type=float, default=900.0, help="seconds per memory job before it is stopped")
     ap.add_argument("--workdir", default=None)
     args = ap.parse_args()
@@ -166,6 +204,21 @@ def main() -> None:
         ]
         write_section("scaling", "Scaling: training on 1 and 2 processes", "\n\n".join(body),
                       {"machine": info, "processes": proc_rows})
+    if args.part in ("rss", "all"):
+        with tempfile.TemporaryDirectory(prefix="cryoden-rss-", dir=args.workdir or ROOT.parent) as tmp:
+            rows = rss_rows(Path(tmp), args.timeout)
+        info = machine()
+        body = [
+            "Written by `benchmarks/scaling.py --part rss`. " + machine_line(info),
+            "`cryoden denoise --predict-only` with a trained default network on a 256×512×512 float32 volume "
+            "(a separate process sampled every 0.2 s). The baseline is the resident set of a process that has "
+            "imported torch and the CLI and done nothing else. The resident set includes the pages of the "
+            "memory-mapped input and output files; *anonymous* is what the process allocated itself. Target: at "
+            "most 2 GB above the baseline.",
+            markdown_table(rows, floatfmt=".4g"),
+        ]
+        write_section("rss", "Peak memory when denoising a 512×512×256 volume with a trained model",
+                      "\n\n".join(body), {"machine": info, "rows": rows})
     if args.part in ("memory", "all"):
         with tempfile.TemporaryDirectory(prefix="cryoden-scaling-", dir=args.workdir or ROOT.parent) as tmp:
             mem_rows, mem_info = memory_rows(args.memory_gb or 0.55 * ram_gb, Path(tmp), args.timeout)

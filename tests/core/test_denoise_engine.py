@@ -22,7 +22,17 @@ from napari_cryoden.denoise.engine import (
     iter_predict_to_file,
     iter_train,
 )
-from napari_cryoden.denoise.masks import bernoulli_mask, fourier_mask, low_frequency_radius
+from napari_cryoden.denoise.masks import (
+    apply_fourier_mask,
+    bernoulli_mask,
+    complementary_fourier_mask,
+    fourier_mask,
+    low_frequency_ball,
+    low_frequency_radius,
+    stratified_bernoulli_masks,
+)
+from napari_cryoden.denoise.networks import SmoothFeatures
+from napari_cryoden.denoise.noise import auto_mask_block, correlation_lengths
 from napari_cryoden.denoise.normalize import fit_normalization
 from napari_cryoden.denoise.tiling import blend_window, iter_predict_tiled, tile_starts
 from napari_cryoden.io.mrc import read_mrc, write_mrc
@@ -67,10 +77,90 @@ def test_fourier_mask_keeps_the_low_frequency_ball_and_half_the_blocks():
     assert float((kept < 0).float().mean()) == pytest.approx(0.1, abs=0.02)
 
 
+def test_stratified_masks_are_bernoulli_and_drop_every_voxel_its_share():
+    g = torch.Generator().manual_seed(0)
+    for block in (None, (3, 1, 1)):
+        masks = list(stratified_bernoulli_masks((2, 1, 24, 32, 32), 0.7, 8, generator=g, block=block))
+        assert len(masks) == 8
+        for m in masks:
+            assert float(m.mean()) == pytest.approx(0.7, abs=0.03)
+        times_dropped = sum(1 - m for m in masks)
+        # 8 × 0.3 = 2.4: every voxel is dropped 2 or 3 times (independent masks leave 0.7^8 ≈ 5.8 % never dropped).
+        assert set(torch.unique(times_dropped).tolist()) <= {2.0, 3.0}
+
+
+def test_complementary_fourier_masks_are_disjoint_outside_the_ball_and_carry_independent_noise():
+    g = torch.Generator().manual_seed(2)
+    shape = (16, 1, 32, 32, 32)
+    m = fourier_mask(shape, keep_probability=0.5, block=4, low_frequency_fraction=0.005, flip_probability=0.1,
+                     generator=g)
+    c = complementary_fourier_mask(m, (32, 32, 32), 0.005)
+    ball = low_frequency_ball((32, 32, 32), 0.005)
+    assert bool((c[:, :, ball] == 1).all()) and bool((m[:, :, ball] == 1).all())
+    outside = ~ball
+    assert bool(((m[:, :, outside] != 0) ^ (c[:, :, outside] != 0)).all())  # exactly one of the two keeps it
+    # White noise through the two masks: the members are uncorrelated except for the tiny shared ball.
+    noise = torch.randn(shape, generator=g)
+    a, b = apply_fourier_mask(noise, m), apply_fourier_mask(noise, c)
+    corr = float((a * b).mean() / (a.std() * b.std()))
+    assert abs(corr) < 0.03
+    # The thesis's pairs (two independent masks) share about a quarter of the spectrum: strongly correlated.
+    m2 = fourier_mask(shape, keep_probability=0.5, block=4, low_frequency_fraction=0.005, flip_probability=0.1,
+                      generator=g)
+    b2 = apply_fourier_mask(noise, m2)
+    assert float((a * b2).mean() / (a.std() * b2.std())) > 0.2
+
+
+def test_smoothing_channels_never_see_a_dropped_voxel():
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(1, 1, 12, 20, 20, generator=g)
+    m = bernoulli_mask(x.shape, 0.7, generator=g)
+    feats = SmoothFeatures(3, (1.0, 2.0), masked=True)
+    before = feats(torch.cat([x * m, m], dim=1))
+    z, y, xx = [int(v[0]) for v in torch.nonzero(m[0, 0] == 0)[5:6].T]
+    x2 = x.clone()
+    x2[0, 0, z, y, xx] += 100.0  # a dropped voxel changes: nothing the network is given changes
+    after = feats(torch.cat([x2 * m, m], dim=1))
+    assert torch.allclose(before, after)
+    # A constant image gives that constant at every scale, borders included (normalised convolution).
+    const = torch.full_like(x, 3.0)
+    assert torch.allclose(feats(torch.cat([const * m, m], dim=1)), torch.full((1, 2, 12, 20, 20), 3.0), atol=1e-4)
+
+
+def test_noise_correlation_sets_the_mask_block():
+    rng = np.random.default_rng(0)
+    white = rng.normal(size=(48, 64, 64)).astype(np.float32)
+    assert correlation_lengths(white) == (0, 0, 0)
+    assert auto_mask_block(white, dims=3) == (1, 1, 1)
+    zcorr = gaussian_filter(rng.normal(size=(48, 64, 64)), (1.5, 0, 0)).astype(np.float32)
+    lengths = correlation_lengths(zcorr)
+    assert lengths[0] >= 2 and lengths[1:] == (0, 0)
+    assert auto_mask_block(zcorr, dims=3) == (2 * lengths[0] + 1, 1, 1)
+    # Training resolves "auto" and stores the measured block in the model.
+    params = default_params("self2self", dims=3, patch_size=16, batch_size=2, time_budget=0, epochs=1,
+                            base_channels=4, depth=2)
+    model = run(iter_train(zcorr, params, method="self2self", seed=0))
+    assert model.params.mask_block == ",".join(str(b) for b in auto_mask_block(zcorr, dims=3))
+
+
+def test_block_masks_put_the_loss_only_where_no_kept_voxel_is_within_the_correlation_length():
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(2, 1, 32, 16, 16)
+    p = Self2SelfParams(keep_probability=0.7, mask_block="5,1,1")
+    inp, _, weights = _make_pair("self2self", x, p, patch_spatial=(32, 16, 16), generator=g, block=(5, 1, 1))
+    kept = inp[:, 1:2]
+    assert float(weights.sum()) > 0
+    assert torch.equal(weights * kept, torch.zeros_like(kept))
+    for dz in (-2, -1, 1, 2):  # every loss voxel's z-neighbours within ±2 are dropped too
+        shifted = torch.roll(kept, dz, dims=2)
+        inner = weights[:, :, 2:-2]
+        assert torch.equal(inner * shifted[:, :, 2:-2], torch.zeros_like(inner))
+
+
 def test_self2self_loss_only_sees_the_dropped_voxels():
     g = torch.Generator().manual_seed(0)
     x = torch.randn(2, 1, 16, 16, 16)
-    p = Self2SelfParams(keep_probability=0.7)
+    p = Self2SelfParams(keep_probability=0.7, mask_block="1,1,1")
     inp, target, weights = _make_pair("self2self", x, p, patch_spatial=(16, 16, 16), generator=g, block=None)
     mask = inp[:, 1:2]
     assert torch.equal(weights, 1 - mask)
@@ -185,7 +275,9 @@ def test_model_round_trip_and_continue_training(tmp_path, noisy_volume):
     model = run(iter_train(noisy, params, method="self2self", seed=0, voxel_size=(10.0, 10.0, 10.0)))
     path = save_model(tmp_path / "m.pt", model.to_model_file())
     loaded = TrainedDenoiser.load(path)
-    assert loaded.method == "self2self" and loaded.params == params and loaded.voxel_size == (10.0, 10.0, 10.0)
+    # The model stores the mask block measured from the data in place of "auto" (white noise: single voxels).
+    assert loaded.method == "self2self" and loaded.params == dataclasses.replace(params, mask_block="1,1,1")
+    assert loaded.voxel_size == (10.0, 10.0, 10.0) and loaded.net_config.smooth_sigmas == (1.0, 2.0, 3.0)
     for k, v in model.net.state_dict().items():
         torch.testing.assert_close(v, loaded.net.state_dict()[k])
     np.testing.assert_array_equal(run(iter_predict(model, noisy, seed=3)), run(iter_predict(loaded, noisy, seed=3)))

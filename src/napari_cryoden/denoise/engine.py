@@ -31,8 +31,16 @@ from ..errors import CryodenInputError
 from ..models import ModelFile, load_model
 from ..params import as_dict, param
 from ..progress import ProgressEvent, StageClock
-from .masks import apply_fourier_mask, bernoulli_mask, fourier_mask
+from .masks import (
+    apply_fourier_mask,
+    bernoulli_mask,
+    complementary_fourier_mask,
+    fourier_mask,
+    low_frequency_ball,
+    stratified_bernoulli_masks,
+)
 from .networks import UNet, UNetConfig
+from .noise import auto_mask_block
 from .normalize import Normalization, fit_normalization
 from .tiling import auto_tile, iter_predict_tiled
 
@@ -61,6 +69,8 @@ class EngineParams:
                                max=1000)
     low_percentile: float = param(0.5, "clip below this percentile before standardising", min=0.0, max=50.0)
     high_percentile: float = param(99.5, "clip above this percentile before standardising", min=50.0, max=100.0)
+    smooth_sigmas: str = param("1,2,3", "scales (voxels) of the normalised Gaussian averages given to the network as "
+                                      "extra input channels (it starts as their blend); empty: none")
     augment: bool = param(True, "random flips and 90° rotations in the yx plane")
     tile_size: int = param(0, "prediction tile side (0: automatic from free memory)", min=0, max=1024)
     tile_overlap: int = param(16, "overlap between prediction tiles (voxels)", min=0, max=256)
@@ -70,19 +80,22 @@ class EngineParams:
 class Self2SelfParams(EngineParams):
     keep_probability: float = param(0.7, "probability that a voxel is kept in the input mask (Self2Self: 0.7)",
                                     min=0.05, max=0.95)
-    mask_block: str = param("1,1,1", "size (z,y,x) of the blocks dropped together; e.g. 3,1,1 for noise "
-                                     "correlated along z")
+    mask_block: str = param("auto", "size (z,y,x) of the blocks dropped together, e.g. 7,1,1 for noise correlated "
+                                    "over ±3 voxels along z; auto: measured from the data's noise correlation")
 
 
 @dataclass(frozen=True)
 class FourierN2NParams(EngineParams):
     fourier_keep: float = param(0.5, "probability of keeping a block of frequencies", min=0.05, max=0.95)
     fourier_block: int = param(8, "side of the frequency blocks kept or dropped together", min=1, max=64)
-    low_frequency_fraction: float = param(0.07, "fraction of the spectrum always kept (a low-frequency ball)",
+    low_frequency_fraction: float = param(0.005, "fraction of the spectrum always kept (a low-frequency ball)",
                                           min=0.0, max=0.5)
     flip_probability: float = param(0.1, "probability of flipping the sign of a kept coefficient", min=0.0,
                                     max=0.5)
     n_predictions: int = param(8, "Fourier-pool members × dropout samples averaged per tile", min=1, max=1000)
+    fourier_target: str = param("complement", "training target: the frequencies the input dropped (independent "
+                                              "noise) or an independent pool member (the thesis)",
+                                choices=("complement", "independent"))
 
 
 @dataclass(frozen=True)
@@ -119,6 +132,8 @@ def _patch_shape(shape: Sequence[int], dims: int, patch: int, multiple: int) -> 
 
 
 def _parse_block(text: str, dims: int) -> tuple[int, ...]:
+    if str(text).strip().lower() == "auto":  # only a model not yet trained has "auto"; training resolves it
+        return (1,) * dims
     try:
         values = tuple(int(v) for v in str(text).split(","))
     except ValueError as exc:
@@ -128,6 +143,18 @@ def _parse_block(text: str, dims: int) -> tuple[int, ...]:
     if len(values) != 3 or min(values) < 1:
         raise ValueError(f"mask_block must be three positive integers (z,y,x), got {text!r}")
     return values[1:] if dims == 2 else values
+
+
+def _parse_sigmas(text) -> tuple[float, ...]:
+    if text is None or str(text).strip() == "":
+        return ()
+    try:
+        values = tuple(float(v) for v in str(text).replace(" ", "").split(",") if v)
+    except ValueError as exc:
+        raise ValueError(f"smooth_sigmas must look like '1,2', got {text!r}") from exc
+    if any(v <= 0 for v in values):
+        raise ValueError(f"smooth_sigmas must be positive, got {text!r}")
+    return values
 
 
 class PatchSampler:
@@ -242,14 +269,19 @@ def _make_pair(method: str, x: torch.Tensor, params: EngineParams, *, patch_spat
         x = _centre_crop(x[:, :1], patch_spatial)
         m = bernoulli_mask(x.shape, params.keep_probability, generator=generator, device=x.device, block=block)
         inp = torch.cat([x * m, m], dim=1)
-        return inp, x, 1.0 - m
+        return inp, x, _blind_voxels(m, block)
     if method == "fourier-n2n":
         x = x[:, :1]
         kw = dict(keep_probability=params.fourier_keep, block=params.fourier_block,
                   low_frequency_fraction=params.low_frequency_fraction, flip_probability=params.flip_probability,
                   generator=generator, device=x.device)
-        a = apply_fourier_mask(x, fourier_mask(x.shape, **kw))
-        b = apply_fourier_mask(x, fourier_mask(x.shape, **kw))
+        mask = fourier_mask(x.shape, **kw)
+        a = apply_fourier_mask(x, mask)
+        if params.fourier_target == "complement":
+            b = apply_fourier_mask(x, complementary_fourier_mask(mask, tuple(x.shape[2:]),
+                                                                 params.low_frequency_fraction))
+        else:
+            b = apply_fourier_mask(x, fourier_mask(x.shape, **kw))
         return _centre_crop(a, patch_spatial), _centre_crop(b, patch_spatial), None
     if method == "n2n-halves":
         x = _centre_crop(x, patch_spatial)
@@ -261,6 +293,33 @@ def _make_pair(method: str, x: torch.Tensor, params: EngineParams, *, patch_spat
                           x[:, 0:1], x[:, 1:2])
         return inp, tgt, None
     raise ValueError(f"unknown method {method!r}")
+
+
+def _blind_voxels(m: torch.Tensor, block) -> torch.Tensor:
+    """Loss weights for Self2Self: the dropped voxels whose whole neighbourhood of ±(block − 1)/2 voxels per
+    axis is dropped too, so no kept voxel within the noise correlation length can reveal their noise (all
+    dropped voxels for pixel-independent noise, block 1)."""
+    dropped = 1.0 - m
+    if block is None or all(b == 1 for b in block):
+        return dropped
+    radius = tuple((b - 1) // 2 for b in block)
+    pool = F.max_pool3d if m.ndim == 5 else F.max_pool2d
+    kept_nearby = pool(m, kernel_size=tuple(2 * r + 1 for r in radius), stride=1, padding=radius)
+    return 1.0 - kept_nearby
+
+
+def resolve_mask_block(params: EngineParams, vol, dims: int, model: TrainedDenoiser | None = None) -> EngineParams:
+    """Replace ``mask_block="auto"`` by the block measured from the (z, y, x) data (stored in the model), or
+    by the block of the model whose training continues."""
+    if not isinstance(params, Self2SelfParams) or str(params.mask_block).strip().lower() != "auto":
+        return params
+    if model is not None:
+        return replace(params, mask_block=model.params.mask_block)
+    block = auto_mask_block(vol, dims=3)
+    if dims == 2:  # images or a stack: only the in-plane correlation matters
+        block = (1,) + block[1:]
+    log.info("self2self mask block (z,y,x) from the noise correlation: %s", block)
+    return replace(params, mask_block=",".join(str(b) for b in block))
 
 
 def iter_train(data: np.ndarray, params: EngineParams, *, method: str, is_stack: bool = False,
@@ -294,6 +353,7 @@ def iter_train(data: np.ndarray, params: EngineParams, *, method: str, is_stack:
         if vol2.shape != vol.shape:
             raise CryodenInputError(None, f"the two halves differ in shape: {vol.shape} and {vol2.shape}")
         sources.append(vol2)
+    params = resolve_mask_block(params, vol, dims, model)
     ctx = distributed.context()  # under torchrun: DDP, one sample stream per process, rank 0 reports
     dev = distributed.training_device(resolve_device(device, need_fft=method == "fourier-n2n"), ctx)
     torch.manual_seed(seed)  # the same initial weights everywhere (DDP broadcasts rank 0's anyway)
@@ -303,7 +363,8 @@ def iter_train(data: np.ndarray, params: EngineParams, *, method: str, is_stack:
     if model is None:
         norm = fit_normalization(vol, low_percentile=params.low_percentile, high_percentile=params.high_percentile)
         net_config = UNetConfig(dims=dims, base_channels=params.base_channels, depth=params.depth,
-                                dropout=params.dropout, mask_channel=method == "self2self")
+                                dropout=params.dropout, mask_channel=method == "self2self",
+                                smooth_sigmas=_parse_sigmas(params.smooth_sigmas))
         net = UNet(net_config)
         history: list = []
     else:
@@ -311,7 +372,7 @@ def iter_train(data: np.ndarray, params: EngineParams, *, method: str, is_stack:
             raise CryodenInputError(None, f"the model was trained with {model.method} in {model.net_config.dims}D; "
                                           f"cannot continue it as {method} in {dims}D")
         norm, net_config, net, history = model.normalization, model.net_config, model.net, list(model.history)
-    net = distributed.wrap(net.to(dev), ctx)
+    net = distributed.wrap(net.to_device(dev), ctx)
     optimizer = torch.optim.Adam(net.parameters(), lr=params.learning_rate)
     if model is not None and model.optimizer_state:
         try:
@@ -460,8 +521,8 @@ def _tile_predictor(net: UNet, method: str, params: EngineParams, norm: Normaliz
             x = x[:, :1]
             total = torch.zeros_like(x)
             count = torch.zeros_like(x)
-            for _ in range(n_pred):
-                m = bernoulli_mask(x.shape, params.keep_probability, generator=generator, device=dev, block=block)
+            for m in stratified_bernoulli_masks(x.shape, params.keep_probability, n_pred, generator=generator,
+                                                device=dev, block=block):
                 with _autocast(dev):
                     out = net(torch.cat([x * m, m], dim=1)).float()
                 # Average only where the voxel was dropped: those are the predictions the loss trained.
@@ -480,6 +541,8 @@ def _tile_predictor(net: UNet, method: str, params: EngineParams, norm: Normaliz
                 with _autocast(dev):
                     y += net(member).float()
             y /= n_pred
+            if params.fourier_target == "complement":
+                y = apply_fourier_mask(y, _complement_gain(tuple(y.shape[2:]), params, dev))
         else:  # n2n-halves: each half through the network, averaged
             y = torch.zeros_like(x[:, :1])
             for _ in range(n_pred):
@@ -493,6 +556,17 @@ def _tile_predictor(net: UNet, method: str, params: EngineParams, norm: Normaliz
         return norm.invert(y.cpu().numpy())
 
     return predict
+
+
+def _complement_gain(spatial, params: FourierN2NParams, dev) -> torch.Tensor:
+    """Undo the expected attenuation of a network trained on complementary targets.
+
+    Outside the shared low-frequency ball the target holds a frequency only when the input dropped it
+    (probability 1 − keep), so the network learns (1 − keep) × signal there; averaged over fresh input
+    masks, dividing by (1 − keep) gives back the signal at its full amplitude.
+    """
+    ball = low_frequency_ball(spatial, params.low_frequency_fraction, dev)
+    return torch.where(ball, 1.0, 1.0 / (1.0 - params.fourier_keep)).to(torch.float32)
 
 
 def _is_oom(exc: BaseException) -> bool:
@@ -540,7 +614,7 @@ def iter_predict(model: TrainedDenoiser, data: np.ndarray, *, is_stack: bool = F
     if model.method == "n2n-halves" and half2 is not None:
         sources.append(as_volume(half2, is_stack=is_stack)[0])
     dev = resolve_device(device, need_fft=model.method == "fourier-n2n")
-    net = model.net.to(dev)
+    net = model.net.to_device(dev)
     torch.manual_seed(seed + 7919)  # dropout draws from the global generator
     generator = torch.Generator(device="cpu").manual_seed(seed + 7919)
     block = _parse_block(model.params.mask_block, dims) if model.method == "self2self" else None

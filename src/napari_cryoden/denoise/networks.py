@@ -12,6 +12,7 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 
@@ -22,9 +23,20 @@ class UNetConfig:
     depth: int = 3
     dropout: float = 0.3
     mask_channel: bool = False
+    smooth_sigmas: tuple = ()
+
+    def __post_init__(self):
+        object.__setattr__(self, "smooth_sigmas", tuple(float(s) for s in self.smooth_sigmas))
 
     def to_dict(self) -> dict:
-        return asdict(self)
+        d = asdict(self)
+        d["smooth_sigmas"] = list(self.smooth_sigmas)
+        return d
+
+    @property
+    def in_channels(self) -> int:
+        """Channels the encoder and the head see: the data (and mask), plus one per smoothing scale."""
+        return (2 if self.mask_channel else 1) + len(self.smooth_sigmas)
 
     @property
     def multiple(self) -> int:
@@ -38,6 +50,49 @@ def _layers(dims: int):
     if dims == 2:
         return nn.Conv2d, nn.MaxPool2d, nn.Dropout2d
     raise ValueError(f"dims must be 2 or 3, got {dims}")
+
+
+class SmoothFeatures(nn.Module):
+    """Normalised Gaussian convolutions of the input at fixed scales, as extra input channels.
+
+    With a sampling mask ``m`` (second channel) the feature at scale σ is ``G_σ(m ⊙ x) / G_σ(m)``: an average
+    of the *kept* voxels around each voxel, so a dropped voxel's own value never enters (the Self2Self blind
+    spot is kept). Without a mask it is ``G_σ(x) / G_σ(1)`` (zero padding, renormalised at the borders).
+    These are the Gaussian filters a user would otherwise tune by hand; given to the network from the first
+    step, a short training starts from them instead of from noise.
+    """
+
+    def __init__(self, dims: int, sigmas, masked: bool):
+        super().__init__()
+        self.dims, self.masked, self.sigmas = dims, masked, tuple(sigmas)
+        for i, sigma in enumerate(self.sigmas):
+            radius = max(1, int(round(3 * sigma)))
+            t = torch.arange(-radius, radius + 1, dtype=torch.float32)
+            k = torch.exp(-0.5 * (t / sigma) ** 2)
+            self.register_buffer(f"kernel{i}", k / k.sum(), persistent=False)
+
+    def _blur(self, v: torch.Tensor, kernel: torch.Tensor) -> torch.Tensor:
+        conv = F.conv3d if self.dims == 3 else F.conv2d
+        r = kernel.numel() // 2
+        for axis in range(self.dims):
+            shape = [1, 1] + [1] * self.dims
+            shape[2 + axis] = kernel.numel()
+            pad = [0] * self.dims
+            pad[axis] = r
+            v = conv(v, kernel.view(shape).to(v.dtype), padding=tuple(pad))
+        return v
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        b = x.shape[0]
+        data = x[:, :1]
+        weight = x[:, 1:2] if self.masked else torch.ones_like(data)
+        feats = []
+        for i in range(len(self.sigmas)):
+            kernel = getattr(self, f"kernel{i}")
+            both = self._blur(torch.cat([data * weight if self.masked else data, weight]).float(), kernel)
+            num, den = both[:b], both[b:]
+            feats.append((num / den.clamp_min(1e-3)).to(x.dtype))
+        return torch.cat(feats, dim=1)
 
 
 class _Block(nn.Sequential):
@@ -56,7 +111,9 @@ class UNet(nn.Module):
         super().__init__()
         self.config = config
         conv, pool, drop = _layers(config.dims)
-        c_in = 2 if config.mask_channel else 1
+        c_in = config.in_channels
+        self.smooth = SmoothFeatures(config.dims, config.smooth_sigmas, config.mask_channel) \
+            if config.smooth_sigmas else None
         widths = [config.base_channels * 2**i for i in range(config.depth)]
         self.encoders = nn.ModuleList()
         prev = c_in
@@ -74,8 +131,26 @@ class UNet(nn.Module):
         # The raw input joins before the last convolutions.
         self.head = nn.Sequential(conv(prev + c_in, prev, 3, padding=1), nn.LeakyReLU(0.1, inplace=True),
                                   conv(prev, 1, 1))
+        if self.smooth is not None:
+            # A linear path from the smoothing channels to the output, starting as their mean: the untrained
+            # network is a Gaussian filter and training learns the residual.
+            k = len(config.smooth_sigmas)
+            self.smooth_skip = conv(k, 1, 1)
+            nn.init.constant_(self.smooth_skip.weight, 1.0 / k)
+            nn.init.zeros_(self.smooth_skip.bias)
+
+    def to_device(self, device) -> UNet:
+        """Move to ``device`` in the channels-last layout (measured 1.3–1.5× faster convolutions with oneDNN on
+        CPU, and the layout cuDNN prefers for mixed precision); outputs stay ordinary tensors."""
+        layout = torch.channels_last_3d if self.config.dims == 3 else torch.channels_last
+        return self.to(device=device, memory_format=layout)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        base = None
+        if self.smooth is not None:
+            feats = self.smooth(x)
+            base = self.smooth_skip(feats)
+            x = torch.cat([x, feats], dim=1)
         skips = []
         h = x
         for i, enc in enumerate(self.encoders):
@@ -86,7 +161,8 @@ class UNet(nn.Module):
         for reduce, dec, skip in zip(self.reduce, self.decoders, reversed(skips)):
             h = reduce(self.up(h))
             h = dec(torch.cat([h, skip], dim=1))
-        return self.head(torch.cat([h, x], dim=1))
+        out = self.head(torch.cat([h, x], dim=1))
+        return out if base is None else out + base
 
 
 def count_parameters(model: nn.Module) -> int:

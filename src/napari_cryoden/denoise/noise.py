@@ -1,0 +1,63 @@
+"""How far the noise is correlated along each axis, estimated from the noisy data alone.
+
+Masking methods (Self2Self, Noise2Void) assume that a voxel's noise cannot be read from its neighbours. Real
+tomogram noise is correlated along z (the reconstruction filter and the missing wedge), and there a single
+dropped voxel is predicted from correlated neighbours: the network learns to reproduce the noise. This
+module measures the correlation length per axis so the dropped blocks can span it (``mask_block="auto"``).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from scipy.ndimage import gaussian_filter
+
+MAX_LAG = 6
+THRESHOLD = 0.2  # a neighbour with correlation ρ explains ρ² of the noise variance: < 4 % below 0.2
+
+
+def _central_crop(data, size=(64, 128, 128)) -> np.ndarray:
+    starts = [max(0, (n - s) // 2) for n, s in zip(data.shape, size)]
+    sl = tuple(slice(a, a + s) for a, s in zip(starts, size))
+    return np.asarray(data[sl], dtype=np.float32)
+
+
+def autocorrelation(data, *, max_lag: int = MAX_LAG, highpass_sigma: float = 3.0) -> np.ndarray:
+    """(3, max_lag) normalised autocorrelation of the high-passed central crop at lags 1..max_lag along
+    z, y, x. High-passing (subtracting a Gaussian blur) removes most of the signal's own correlation, so at
+    low SNR what remains is the noise's. Only a crop of at most 64×128×128 voxels is read."""
+    v = _central_crop(data)
+    if v.ndim != 3:
+        raise ValueError(f"expected a 3D volume, got shape {v.shape}")
+    v = v - gaussian_filter(v, highpass_sigma, mode="reflect")
+    v = v - v.mean()
+    var = float((v * v).mean()) or 1.0
+    out = np.zeros((3, max_lag))
+    for axis in range(3):
+        n = v.shape[axis]
+        for k in range(1, min(max_lag, n - 1) + 1):
+            a = np.take(v, np.arange(0, n - k), axis=axis)
+            b = np.take(v, np.arange(k, n), axis=axis)
+            out[axis, k - 1] = float((a * b).mean()) / var
+    return out
+
+
+def correlation_lengths(data, *, threshold: float = THRESHOLD, max_lag: int = MAX_LAG) -> tuple[int, int, int]:
+    """Per axis, the largest lag ℓ (0..max_lag) up to which the autocorrelation stays above ``threshold``:
+    0 for pixel-independent noise."""
+    rho = autocorrelation(data, max_lag=max_lag)
+    lengths = []
+    for axis in range(3):
+        ell = 0
+        while ell < max_lag and rho[axis, ell] > threshold:
+            ell += 1
+        lengths.append(ell)
+    return tuple(lengths)
+
+
+def auto_mask_block(data, *, dims: int) -> tuple[int, ...]:
+    """Block (z, y, x) for Self2Self masks: 2ℓ + 1 voxels along an axis with correlation length ℓ, so the
+    centre of a dropped block has no kept voxel within the correlation length (2D data: (y, x) from the
+    images' own correlation; stacks are measured as a volume of images, z ignored)."""
+    lengths = correlation_lengths(data)
+    block = tuple(2 * ell + 1 for ell in lengths)
+    return block[1:] if dims == 2 else block
