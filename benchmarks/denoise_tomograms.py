@@ -165,19 +165,22 @@ def main() -> None:
         if args.datasets and name not in args.datasets:
             continue
         print(f"== {name} {noisy.shape}", flush=True)
-        wall = {}
+        wall: dict = {}  # N2V's whole wall time on this dataset, once it has run
 
-        def n2v(ref, noisy):
+        def n2v(ref, noisy, wall=wall):
             out, info = careamics_n2v(budget, noisy)
             wall["n2v"] = info["train s"] + info["predict s"]
             return out, info
+
+        def ours_at_n2v_time(method, wall=wall):
+            return lambda _ref, data: ours(method, budget, data, wall.get("n2v"))
 
         entries = [
             ("raw", lambda ref, noisy: (noisy, {})),
             ("oracle Gaussian", oracle_gaussian),
             ("careamics N2V", n2v),
-            ("ours: fourier-n2n", lambda ref, noisy: ours("fourier-n2n", budget, noisy, wall.get("n2v"))),
-            ("ours: self2self", lambda ref, noisy: ours("self2self", budget, noisy, wall.get("n2v"))),
+            ("ours: fourier-n2n", ours_at_n2v_time("fourier-n2n")),
+            ("ours: self2self", ours_at_n2v_time("self2self")),
             ("Topaz 3D unet-3d-10a", lambda ref, noisy: topaz_3d("unet-3d-10a", noisy)),
             ("Topaz 3D unet-3d-20a", lambda ref, noisy: topaz_3d("unet-3d-20a", noisy)),
         ]

@@ -3,7 +3,7 @@ denoising a memory-mapped volume larger than half of this machine's RAM.
 
 ``--part processes`` (default) measures the processes, ``--part rss`` the peak memory of predicting a
 256×512×512 volume with the default networks, ``--part memory`` the big volume (its own section, as it
-takes half an hour and its timing matters less), ``--part all`` both. ``--memory-gb G`` sets the size of the
+takes half an hour and its timing matters less), ``--part all`` all three. ``--memory-gb G`` sets the size of the
 big volume (default: 55 % of RAM). The big input and output files go to ``--workdir`` (default: a temporary folder on the same
 disk as the repository) and are deleted afterwards. GPU figures come from ``benchmarks/gpu.py`` where a GPU is
 available.

@@ -41,23 +41,32 @@ def autocorrelation(data, *, max_lag: int = MAX_LAG, highpass_sigma: float = 3.0
     return out
 
 
-def correlation_lengths(data, *, threshold: float = THRESHOLD, max_lag: int = MAX_LAG) -> tuple[int, int, int]:
-    """Per axis, the largest lag ℓ (0..max_lag) up to which the autocorrelation stays above ``threshold``:
-    0 for pixel-independent noise."""
+def correlation_lengths(data, *, threshold: float = THRESHOLD, max_lag: int = MAX_LAG,
+                        axes: tuple[int, ...] = (0, 1, 2)) -> tuple[int, int, int]:
+    """Per axis, the largest lag ℓ (0..max_lag) up to which the autocorrelation *in excess of the least
+    correlated of* ``axes`` stays above ``threshold``: 0 for pixel-independent noise; axes not in ``axes``
+    get 0.
+
+    The excess is what makes the estimate safe at high SNR: there the high-passed data are still mostly
+    signal, whose correlation is about the same along every axis, and taking it for noise correlation would
+    drop needlessly large blocks. Noise correlated along one axis (z in tomograms) stands out against the
+    others. (Noise correlated equally along every axis is not detected; set the block by hand then.)
+    """
     rho = autocorrelation(data, max_lag=max_lag)
+    floor = rho[list(axes)].min(axis=0)
     lengths = []
     for axis in range(3):
         ell = 0
-        while ell < max_lag and rho[axis, ell] > threshold:
+        while axis in axes and ell < max_lag and rho[axis, ell] - floor[ell] > threshold:
             ell += 1
         lengths.append(ell)
     return tuple(lengths)
 
 
 def auto_mask_block(data, *, dims: int) -> tuple[int, ...]:
-    """Block (z, y, x) for Self2Self masks: 2ℓ + 1 voxels along an axis with correlation length ℓ, so the
-    centre of a dropped block has no kept voxel within the correlation length (2D data: (y, x) from the
-    images' own correlation; stacks are measured as a volume of images, z ignored)."""
-    lengths = correlation_lengths(data)
+    """Block for Self2Self masks: 2ℓ + 1 voxels along an axis with correlation length ℓ, so the centre of a
+    dropped block has no kept voxel within the correlation length. ``dims=3``: (z, y, x) of a volume;
+    ``dims=2``: (y, x) of an image or a stack of images (shape (n, y, x); the stack axis is not measured)."""
+    lengths = correlation_lengths(data, axes=(0, 1, 2) if dims == 3 else (1, 2))
     block = tuple(2 * ell + 1 for ell in lengths)
     return block[1:] if dims == 2 else block

@@ -17,11 +17,11 @@ def _denoise(method: str):
 
 DESCRIPTIONS = {
     "self2self": "Self2Self with dropout: Bernoulli-masked inputs, loss on the dropped voxels, predictions "
-                 "averaged over fresh masks. Works from one noisy volume; use --mask-block z,1,1 when the "
-                 "noise is correlated along z.",
-    "fourier-n2n": "Fourier-space Noise2Noise: pairs of Fourier-subsampled versions of the data (low "
-                   "frequencies always kept, blocks of frequencies kept at random, random sign flips). Works from "
-                   "one noisy volume; strongest on structured (correlated) noise.",
+                 "averaged over fresh masks. Works from one noisy volume; the dropped blocks follow the noise "
+                 "correlation measured from the data (--mask-block auto), so z-correlated noise is not learned.",
+    "fourier-n2n": "Fourier-space Noise2Noise: the input keeps random blocks of frequencies (and the lowest ones), "
+                   "the target is the frequencies it dropped, whose noise is independent of the input's. Works "
+                   "from one noisy volume, with white or correlated noise.",
     "n2n-halves": "Noise2Noise on even/odd half volumes (cryoCARE's setting): give the second half with --half2.",
 }
 TITLES = {"self2self": "Self2Self (dropout)", "fourier-n2n": "Fourier N2N", "n2n-halves": "Noise2Noise (halves)"}

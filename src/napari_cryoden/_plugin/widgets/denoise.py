@@ -37,7 +37,7 @@ class DenoiseWidget(Container):
         self.half2 = create_widget(annotation=napari.layers.Image | None, label="second half",
                                    options={"nullable": True})
         default = state.get("method") if state.get("method") in self._methods else (
-            "fourier-n2n" if "fourier-n2n" in self._methods else list(self._methods)[0])
+            "self2self" if "self2self" in self._methods else list(self._methods)[0])
         self.method = ComboBox(label="method", choices=list(self._methods), value=default)
         self.stack = CheckBox(label="2D (per image)", value=False,
                               tooltip="treat the first axis as an image index (particle stacks)")
