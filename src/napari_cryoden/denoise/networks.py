@@ -86,12 +86,12 @@ class SmoothFeatures(nn.Module):
         b = x.shape[0]
         data = x[:, :1]
         weight = x[:, 1:2] if self.masked else torch.ones_like(data)
+        # Numerator and weights blurred together in one batch, built once for every scale.
+        source = torch.cat([data * weight, weight]).float()
         feats = []
         for i in range(len(self.sigmas)):
-            kernel = getattr(self, f"kernel{i}")
-            both = self._blur(torch.cat([data * weight if self.masked else data, weight]).float(), kernel)
-            num, den = both[:b], both[b:]
-            feats.append((num / den.clamp_min(1e-3)).to(x.dtype))
+            both = self._blur(source, getattr(self, f"kernel{i}"))
+            feats.append((both[:b] / both[b:].clamp_min(1e-3)).to(x.dtype))
         return torch.cat(feats, dim=1)
 
 
