@@ -8,7 +8,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .io.mrc import AtomicOutput
+from .io.outputs import AtomicOutput
 
 
 def _figure(*args, **kwargs):

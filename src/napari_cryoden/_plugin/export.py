@@ -10,7 +10,24 @@ import numpy as np
 import pandas as pd
 
 from ..io.mrc import write_mrc
+from ..io.outputs import input_files
 from ..io.star import ParticleTable, make_optics_table, rebase_image_names
+
+
+def layer_source_paths(layer) -> list[str]:
+    """The files a layer was read from: its MRC, or its STAR file and the stacks that points at."""
+    meta = getattr(layer, "metadata", None) or {}
+    return [str(p) for p in (meta.get("path"), meta.get("star_path"), *(meta.get("source_paths") or ())) if p]
+
+
+def open_sources(*layers) -> dict:
+    """Every file that ``layers`` and the layers of the current viewer were read from (the files a save or an
+    export from napari must never replace), in the form :func:`napari_cryoden.io.outputs.input_files` gives."""
+    import napari
+
+    viewer = napari.current_viewer()
+    every = list(layers) + (list(viewer.layers) if viewer is not None else [])
+    return input_files(p for layer in every for p in layer_source_paths(layer))
 
 
 def layer_particle_table(layer, out_star: str | os.PathLike) -> tuple[ParticleTable, list[str]]:
@@ -25,7 +42,7 @@ def layer_particle_table(layer, out_star: str | os.PathLike) -> tuple[ParticleTa
     out_star = Path(out_star)
     n = int(layer.data.shape[0])
     px = float(layer.scale[-1])
-    inputs = [p for p in (meta.get("path"), meta.get("star_path"), *(meta.get("source_paths") or ())) if p]
+    inputs = open_sources(layer)
     features = meta.get("features")
     if isinstance(features, pd.DataFrame) and len(features) == n and "optics" in meta:
         source = ParticleTable(particles=features.copy(), optics=meta["optics"],

@@ -10,7 +10,9 @@ from __future__ import annotations
 import argparse
 import importlib
 import logging
+import signal
 import sys
+import threading
 import warnings
 from collections.abc import Sequence
 
@@ -63,21 +65,45 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     previous = warnings.showwarning
     warnings.showwarning = _show_warning
-    ctx = _join_process_group(args)
+    previous_term = _handle_sigterm()
+    ctx = None
     try:
+        ctx = _join_process_group(args)
         return int(args.func(args) or 0)
     except (CryodenInputError, CryodenOutputError) as exc:
         print(f"cryoden: error: {exc}", file=sys.stderr)
         return 2
+    except Terminated:
+        print("cryoden: terminated (SIGTERM); partial outputs removed", file=sys.stderr)
+        return 143
     except KeyboardInterrupt:
-        print("cryoden: interrupted", file=sys.stderr)
+        print("cryoden: interrupted; partial outputs removed", file=sys.stderr)
         return 130
     finally:
         warnings.showwarning = previous
+        if previous_term is not False:
+            signal.signal(signal.SIGTERM, signal.SIG_DFL if previous_term is None else previous_term)
         if ctx is not None:
             from ..distributed import shutdown
 
             shutdown()
+
+
+class Terminated(KeyboardInterrupt):
+    """SIGTERM (what SLURM and torchrun send to stop a job) arrived; unwinds like Ctrl-C, so every open
+    output removes its temporary file."""
+
+
+def _handle_sigterm():
+    """Turn SIGTERM into :class:`Terminated` in the main thread; returns the previous handler (False when the
+    handler cannot be set, e.g. outside the main thread)."""
+
+    def _raise(signum, frame):
+        raise Terminated()
+
+    if threading.current_thread() is not threading.main_thread():
+        return False
+    return signal.signal(signal.SIGTERM, _raise)
 
 
 def _join_process_group(args):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import math
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -24,19 +25,23 @@ def parse_views(text: str | None):
     return views
 
 
-def check_outputs(outputs, *, inputs=()) -> None:
-    """Validate every output path before any work: writable, not an input, and all distinct."""
-    from ..io.mrc import check_output_path
+def check_outputs(outputs, *, inputs=(), overwrite: bool = False) -> dict:
+    """Validate every output path before any work (see :func:`napari_cryoden.io.outputs.check_outputs`): not a
+    file the job reads (a STAR file's stacks included), not an existing file unless ``overwrite``, writable,
+    all distinct. Returns the protected files (file -> why), for the writers to check again."""
+    from ..io.outputs import check_outputs as check
+    from ..io.outputs import input_files
 
-    seen: dict[Path, str] = {}
-    for p in outputs:
-        if not p:
-            continue
-        path = check_output_path(p, inputs=inputs)
-        key = path.resolve()
-        if key in seen:
-            raise CryodenOutputError(path, f"is given for two outputs ({seen[key]} and this one); give distinct names")
-        seen[key] = str(p)
+    protected = input_files(inputs)
+    check(outputs, inputs=protected, overwrite=overwrite)
+    return protected
+
+
+def add_overwrite(parser, *, batch: bool = False) -> None:
+    """The --overwrite option: without it an existing output is an error (a batch skips it instead)."""
+    parser.add_argument("--overwrite", action="store_true",
+                        help="replace outputs that exist already (without it a single run refuses them"
+                             + ("; a batch re-run skips them, so it resumes" if batch else "") + ")")
 
 
 def positive_int(text: str) -> int:
@@ -48,8 +53,8 @@ def positive_int(text: str) -> int:
 
 def positive_float(text: str) -> float:
     value = float(text)
-    if not value > 0:
-        raise argparse.ArgumentTypeError(f"must be positive, got {text}")
+    if not (value > 0 and math.isfinite(value)):
+        raise argparse.ArgumentTypeError(f"must be a positive finite number, got {text}")
     return value
 
 
@@ -138,8 +143,7 @@ def add_particle_inputs(parser, *, job: str, suffix: str) -> None:
                              f"patterns make a batch (one {job} each, into the -o folder)")
     parser.add_argument("-o", "--output", required=True,
                         help=f"output STAR file; with several inputs a folder, files named STEM{suffix}")
-    parser.add_argument("--overwrite", action="store_true",
-                        help="several inputs: redo outputs that exist (by default a re-run skips them)")
+    add_overwrite(parser, batch=True)
 
 
 def single_or_batch(args, single, *, suffix: str, single_outputs: Sequence[str]) -> int:
@@ -149,6 +153,18 @@ def single_or_batch(args, single, *, suffix: str, single_outputs: Sequence[str])
         return run_batch(args, single, inputs, suffix=suffix, single_outputs=single_outputs)
     args.input = str(inputs[0])
     return single(args)
+
+
+def drop_own_outputs(inputs: list[Path], outdir: Path, name) -> list[Path]:
+    """Inputs less the files this batch writes itself (``outdir / name(input)``): a batch run into its own
+    input folder must not take its earlier outputs as new inputs on a re-run."""
+    own = {(outdir / name(p)).resolve() for p in inputs}
+    kept = [p for p in inputs if p.resolve() not in own]
+    if len(kept) < len(inputs):
+        print(f"{len(inputs) - len(kept)} file(s) of the input are outputs of this batch and are not taken as inputs")
+    if not kept:
+        raise CryodenInputError(None, "every input is an output of this batch; nothing to do")
+    return kept
 
 
 def run_batch(args, single, inputs: list[Path], *, suffix: str, single_outputs: Sequence[str] = ()) -> int:
@@ -170,6 +186,7 @@ def run_batch(args, single, inputs: list[Path], *, suffix: str, single_outputs: 
     outdir = Path(args.output)
     if outdir.exists() and not outdir.is_dir():
         raise CryodenOutputError(outdir, "several inputs need an output folder, and this is a file")
+    inputs = drop_own_outputs(inputs, outdir, lambda p: f"{p.stem}{suffix}")
     outputs = [outdir / f"{p.stem}{suffix}" for p in inputs]
     if len(set(outputs)) != len(outputs):
         raise CryodenInputError(None, "two inputs have the same file name; run them into different folders")

@@ -72,8 +72,8 @@ def _align_one(args) -> int:
     from ..params import validate
     from ..progress import run_with_bar
 
-    inputs = [p for p in (args.input, args.reference, args.model) if p]
-    check_outputs((args.output, args.aligned, args.average, args.save_model), inputs=inputs)
+    inputs = check_outputs((args.output, args.aligned, args.average, args.save_model),
+                           inputs=(args.input, args.reference, args.model), overwrite=args.overwrite)
     if not str(args.output).lower().endswith(".star"):
         raise CryodenInputError(args.output, "the output must be a .star file")
     if not Path(args.input).exists():

@@ -10,7 +10,7 @@ import numpy as np
 from ..cluster.pipeline import SCORE_COLUMN, class_members, with_classes
 from ..errors import CryodenInputError
 from ..io.star import rebase_image_names
-from ._common import add_particle_inputs, check_outputs, positive_float, single_or_batch
+from ._common import add_overwrite, add_particle_inputs, check_outputs, positive_float, single_or_batch
 
 
 def parse_classes(text: str) -> list[int]:
@@ -48,7 +48,7 @@ def _params(args, method: str):
 def _write_embedding(path, result, inputs) -> None:
     import pandas as pd
 
-    from ..io.mrc import AtomicOutput
+    from ..io.outputs import AtomicOutput
 
     avg = result.averages
     n = len(result.labels)
@@ -78,8 +78,8 @@ def _cluster_one(args) -> int:
     from ..models import load_model, save_model
     from ..progress import run_with_bar
 
-    inputs = [p for p in (args.input, args.model) if p]
-    check_outputs((args.output, args.averages, args.embedding, args.save_model), inputs=inputs)
+    inputs = check_outputs((args.output, args.averages, args.embedding, args.save_model),
+                           inputs=(args.input, args.model), overwrite=args.overwrite)
     if not str(args.output).lower().endswith(".star"):
         raise CryodenInputError(args.output, "the output must be a .star file")
     if not Path(args.input).exists():
@@ -133,7 +133,7 @@ def _cluster_one(args) -> int:
 def cmd_subset(args) -> int:
     from ..io.star import read_star, write_star
 
-    check_outputs((args.output,), inputs=(args.input,))
+    inputs = check_outputs((args.output,), inputs=(args.input,), overwrite=args.overwrite)
     if not str(args.output).lower().endswith(".star"):
         raise CryodenInputError(args.output, "the output must be a .star file")
     if not Path(args.input).exists():
@@ -149,7 +149,7 @@ def cmd_subset(args) -> int:
     out = Path(args.output)
     rows = table.particles.copy()
     rows["rlnImageName"] = rebase_image_names(table, out)
-    write_star(out, table.with_particles(rows[keep]), inputs=(args.input,))
+    write_star(out, table.with_particles(rows[keep]), inputs=inputs)
     print(f"wrote {out}: {int(keep.sum())} of {len(keep)} particles (classes {wanted})")
     return 0
 
@@ -184,4 +184,5 @@ def register(commands: dict) -> None:
     p.add_argument("input", help="STAR file with rlnClassNumber (e.g. from cryoden cluster)")
     p.add_argument("--classes", required=True, help="classes to keep: 1,3 or 2-4 (as in rlnClassNumber)")
     p.add_argument("-o", "--output", required=True, help="output STAR file")
+    add_overwrite(p)
     p.set_defaults(func=cmd_subset)

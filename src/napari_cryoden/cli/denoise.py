@@ -14,7 +14,7 @@ from pathlib import Path
 
 from ..errors import CryodenInputError, CryodenOutputError, require_finite
 from ..io.mrc import MRC_SUFFIXES, MrcWriter, read_mrc
-from ._common import check_outputs, expand_paths
+from ._common import check_outputs, drop_own_outputs, expand_paths
 
 log = logging.getLogger(__name__)
 
@@ -129,11 +129,15 @@ def cmd_denoise(args) -> int:
 
     method = get_method(args.method)
     inputs = expand_inputs(args.inputs)
+    batch = len(inputs) > 1 or Path(args.output).is_dir()
+    if batch:
+        inputs = drop_own_outputs(inputs, Path(args.output), lambda p: f"{p.stem}_denoised{p.suffix}")
     outputs = output_paths(inputs, args.output)
-    protected = list(inputs) + [p for p in (args.half2, args.model) if p]
-    check_outputs([*outputs, args.save_model], inputs=protected)
+    listed = [p for p in args.inputs if Path(p).is_file()]  # STAR lists are read too
+    protected = check_outputs([*outputs, args.save_model],
+                              inputs=[*listed, *inputs, args.half2, args.model],
+                              overwrite=args.overwrite or batch)  # a batch skips what exists (below)
     ctx = distributed.context()
-    batch = len(inputs) > 1
     if batch and not args.overwrite:
         # Resumable: outputs are written atomically, so one that exists is finished.
         done = [o for o in outputs if o.exists()]
@@ -236,8 +240,8 @@ def register(commands: dict) -> None:
     p.add_argument("--predict-only", action="store_true", help="do not train; needs --model")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--overwrite", action="store_true",
-                   help="several inputs: redo outputs that exist already (by default a re-run skips them, and "
-                        "reuses the --save-model file an earlier run wrote)")
+                   help="replace outputs that exist already (without it a single run refuses them; a batch re-run "
+                        "skips them and reuses the --save-model file an earlier run wrote)")
     group = p.add_argument_group("method parameters (each applies to the methods named in its help)")
     seen = set()
     for name, (f, users) in _all_param_fields(all_methods).items():

@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import CryodenInputError
-from ._common import check_outputs, print_table, read_array
+from ._common import add_overwrite, check_outputs, print_table, read_array
 
 
 def cmd_evaluate_image(args) -> int:
@@ -38,7 +38,7 @@ def cmd_evaluate_image(args) -> int:
 def cmd_evaluate_fsc(args) -> int:
     from .. import metrics
 
-    check_outputs((args.csv, args.plot), inputs=(args.a, args.b))
+    inputs = check_outputs((args.csv, args.plot), inputs=(args.a, args.b), overwrite=args.overwrite)
     a, b = read_array(args.a), read_array(args.b)
     if a.data.shape != b.data.shape:
         raise CryodenInputError(args.b, f"shape {b.data.shape} differs from {args.a}'s {a.data.shape}")
@@ -46,9 +46,9 @@ def cmd_evaluate_fsc(args) -> int:
     print(f"resolution at FSC 0.5:   {curve.resolution(0.5):.2f} Å")
     print(f"resolution at FSC 0.143: {curve.resolution(0.143):.2f} Å")
     if args.csv:
-        from ..io.mrc import AtomicOutput
+        from ..io.outputs import AtomicOutput
 
-        with AtomicOutput(args.csv, inputs=[args.a, args.b]) as tmp:
+        with AtomicOutput(args.csv, inputs=inputs) as tmp:
             np.savetxt(tmp, np.stack([curve.frequency, curve.correlation, curve.n_coefficients], 1), delimiter=",",
                        header="frequency_per_angstrom,fsc,n_coefficients", comments="")
         print(f"wrote {args.csv}")
@@ -162,6 +162,7 @@ def register(commands: dict) -> None:
     p.add_argument("b")
     p.add_argument("--csv", help="write the curve as CSV")
     p.add_argument("--plot", help="write a PNG plot")
+    add_overwrite(p)
     p.set_defaults(func=cmd_evaluate_fsc)
 
     p = ev.add_parser("alignment", help="angular and shift errors of estimated against true parameters")

@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import CryodenInputError, CryodenOutputError
-from ._common import check_outputs, load_maps, parse_views, positive_float, positive_int
+from ._common import add_overwrite, check_outputs, load_maps, parse_views, positive_float, positive_int
 
 
 def cmd_simulate_particles(args) -> int:
@@ -16,7 +16,7 @@ def cmd_simulate_particles(args) -> int:
 
     out = Path(args.output)
     star = Path(args.star) if args.star else out.with_suffix(".star")
-    check_outputs((out, star, args.clean, args.references), inputs=list(args.map or []))
+    check_outputs((out, star, args.clean, args.references), inputs=list(args.map or []), overwrite=args.overwrite)
     maps = load_maps(args.map)
     from tqdm import tqdm
 
@@ -45,7 +45,8 @@ def cmd_simulate_alignment(args) -> int:
 
     out = Path(args.output)
     star = Path(args.star) if args.star else out.with_suffix(".star")
-    check_outputs((out, star, args.clean, args.references), inputs=[p for p in (args.image, *(args.map or [])) if p])
+    check_outputs((out, star, args.clean, args.references), inputs=[p for p in (args.image, *(args.map or [])) if p],
+                  overwrite=args.overwrite)
     if args.image:
         img = read_mrc(args.image, mmap=False)
         centres = np.asarray(img.data, dtype=np.float32)
@@ -78,7 +79,8 @@ def cmd_simulate_tomogram(args) -> int:
                                       "give a name ending in .mrc")
     folder, stem = out.parent, out.stem
     check_outputs([folder / f"{stem}{suffix}.mrc" for suffix in
-                    ("", "_clean") + (("_even", "_odd") if args.halves else ())], inputs=args.map or [])
+                    ("", "_clean") + (("_even", "_odd") if args.halves else ())], inputs=args.map or [],
+                  overwrite=args.overwrite)
     m = load_maps(args.map)[0] if args.map else None
     if m is None:
         from ..sample_data import builtin_map
@@ -123,6 +125,7 @@ def register(commands: dict) -> None:
     p.add_argument("--clean", help="also write the noise-free stack here")
     p.add_argument("--references", help="also write the class references here")
     p.add_argument("--seed", type=int, default=0)
+    add_overwrite(p)
     p.set_defaults(func=cmd_simulate_particles)
 
     p = sim.add_parser("alignment", help="the UDL/JUDL recipe: centre images rotated U(0,360), shifted "
@@ -141,6 +144,7 @@ def register(commands: dict) -> None:
     p.add_argument("--clean", help="also write the noise-free stack here")
     p.add_argument("--references", help="also write the centre images here")
     p.add_argument("--seed", type=int, default=0)
+    add_overwrite(p)
     p.set_defaults(func=cmd_simulate_alignment)
 
     p = sim.add_parser("tomogram", help="phantom tomogram (vesicles, filaments, particles) + clean volume")
@@ -156,5 +160,6 @@ def register(commands: dict) -> None:
     p.add_argument("--missing-wedge", type=float, default=60.0, help="tilt range ±degrees; 0 for none")
     p.add_argument("--halves", action="store_true", help="also write even/odd noisy halves")
     p.add_argument("--seed", type=int, default=0)
+    add_overwrite(p)
     p.set_defaults(func=cmd_simulate_tomogram)
 

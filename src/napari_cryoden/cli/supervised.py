@@ -9,7 +9,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from ..errors import CryodenInputError
-from ._common import check_outputs, load_maps, positive_float, positive_int
+from ._common import add_overwrite, check_outputs, load_maps, positive_float, positive_int
 
 
 def cmd_train_supervised(args) -> int:
@@ -19,7 +19,7 @@ def cmd_train_supervised(args) -> int:
 
     out = Path(args.output)
     inputs = list(args.map or []) + list(args.pairs or [])
-    check_outputs([out], inputs=inputs)
+    inputs = check_outputs([out], inputs=inputs, overwrite=args.overwrite)
     if args.epochs is None and args.time_budget is None:
         args.epochs = 20
     kwargs = dict(snr=args.snr, n_pairs=args.n, box=args.box, pixel_size=args.pixel_size, ctf_mode=args.ctf,
@@ -63,6 +63,7 @@ def register(commands: dict) -> None:
                         help="train a supervised denoiser (cgan or autoencoder) on simulated or given pairs")
     p.add_argument("kind", choices=("cgan", "autoencoder"), help="pix2pix-style cGAN or the U-Net autoencoder")
     p.add_argument("-o", "--output", required=True, help="model file to write (.pt)")
+    add_overwrite(p)
     p.add_argument("--map", action="append",
                    help="3D map to simulate particles from (repeat for several); default: built-in EMD-5625")
     p.add_argument("--pairs", nargs=2, metavar=("NOISY", "CLEAN"),

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import logging
 import os
-import tempfile
 import warnings
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
@@ -21,6 +20,10 @@ import mrcfile.utils
 import numpy as np
 
 from ..errors import CryodenInputError, CryodenOutputError
+from .outputs import AtomicOutput, check_output_path, reserve_space
+
+__all__ = ["MRC_SUFFIXES", "STACK_SUFFIXES", "AtomicOutput", "MrcData", "MrcWriter", "check_output_path", "read_mrc",
+           "write_mrc"]
 
 log = logging.getLogger(__name__)
 
@@ -204,68 +207,6 @@ def read_mrc(path: str | os.PathLike, *, mmap: bool = True, stack: bool | None =
     )
 
 
-def _same_file(a: Path, b: Path) -> bool:
-    try:
-        return a.exists() and b.exists() and os.path.samefile(a, b)
-    except OSError:
-        return False
-
-
-def check_output_path(path: str | os.PathLike, *, inputs: Iterable[str | os.PathLike] = (),
-                      overwrite: bool = True) -> Path:
-    """Validate an output path before any work starts.
-
-    Raises :class:`CryodenOutputError` if the path is one of ``inputs`` (never overwrite an input), if it
-    exists and ``overwrite`` is False, or if its folder does not exist or is not writable.
-    """
-    out = Path(path)
-    for inp in inputs:
-        inp = Path(inp)
-        if out.resolve() == inp.resolve() or _same_file(out, inp):
-            raise CryodenOutputError(out, "is also an input; refusing to overwrite an input file")
-    if out.exists() and not overwrite:
-        raise CryodenOutputError(out, "exists; pass overwrite to replace it")
-    if out.is_dir():
-        raise CryodenOutputError(out, "is a folder; give a file name")
-    folder = out.parent if str(out.parent) else Path(".")
-    if not folder.is_dir():
-        raise CryodenOutputError(out, f"folder {folder} does not exist")
-    if not os.access(folder, os.W_OK | os.X_OK):
-        raise CryodenOutputError(out, f"folder {folder} is not writable")
-    return out
-
-
-class AtomicOutput:
-    """Context manager yielding a temporary path next to ``path`` that is renamed onto it on success.
-
-    On an exception the temporary file is removed, so no partial output is ever left behind.
-    """
-
-    def __init__(self, path: str | os.PathLike, *, inputs: Iterable[str | os.PathLike] = (),
-                 overwrite: bool = True):
-        self.path = check_output_path(path, inputs=inputs, overwrite=overwrite)
-        self.tmp: Path | None = None
-
-    def __enter__(self) -> Path:
-        folder = self.path.parent if str(self.path.parent) else Path(".")
-        try:
-            fd, tmp = tempfile.mkstemp(prefix=f".{self.path.name}.", suffix=".part", dir=folder)
-        except OSError as exc:
-            raise CryodenOutputError(self.path, f"cannot create a file in {folder} ({exc.strerror})") from exc
-        os.close(fd)
-        self.tmp = Path(tmp)
-        return self.tmp
-
-    def __exit__(self, exc_type, exc, tb) -> bool:
-        assert self.tmp is not None
-        if exc_type is None:
-            os.chmod(self.tmp, 0o644)
-            os.replace(self.tmp, self.path)
-        else:
-            self.tmp.unlink(missing_ok=True)
-        return False
-
-
 def _as_voxel_triplet(voxel_size, ndim: int) -> tuple[float, float, float]:
     """(x, y, z) Å for the header from a scalar or a (z, y, x) / (y, x) sequence."""
     if np.isscalar(voxel_size):
@@ -359,8 +300,17 @@ class MrcWriter:
         try:
             self._mrc = mrcfile.new_mmap(tmp, shape=self.shape, mrc_mode=mrcfile.utils.mode_from_dtype(self.dtype),
                                          overwrite=True)
-        except Exception:
-            self._atomic.__exit__(*__import__("sys").exc_info())
+            # The map is sparse until written: reserve its blocks now, or a full disk kills us with SIGBUS.
+            fd = os.open(tmp, os.O_RDWR)
+            try:
+                reserve_space(fd, HEADER_BYTES + int(self._mrc.data.nbytes), path=self._atomic.path)
+            finally:
+                os.close(fd)
+        except BaseException as exc:
+            if self._mrc is not None:
+                self._mrc.close()
+                self._mrc = None
+            self._atomic.__exit__(type(exc), exc, exc.__traceback__)
             raise
         return self._mrc.data
 

@@ -19,7 +19,8 @@ import pandas as pd
 import starfile
 
 from ..errors import CryodenInputError
-from .mrc import AtomicOutput, read_mrc
+from .mrc import read_mrc
+from .outputs import AtomicOutput
 
 log = logging.getLogger(__name__)
 

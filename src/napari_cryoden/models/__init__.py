@@ -7,6 +7,7 @@ everything stored besides tensors is plain Python data (dicts, lists, numbers, s
 
 from __future__ import annotations
 
+import io
 import os
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
@@ -17,7 +18,7 @@ import torch
 
 from .. import __version__
 from ..errors import CryodenInputError
-from ..io.mrc import AtomicOutput
+from ..io.outputs import AtomicOutput
 
 FORMAT = "napari-cryoden-model"
 FORMAT_VERSION = 1
@@ -60,7 +61,7 @@ def _to_cpu(obj: Any) -> Any:
     return obj
 
 
-def save_model(path: str | os.PathLike, model: ModelFile, *, inputs=()) -> Path:
+def save_model(path: str | os.PathLike, model: ModelFile, *, inputs=(), overwrite: bool = True) -> Path:
     """Write ``model`` to ``path`` atomically (never over one of ``inputs``)."""
     payload = {
         "format": FORMAT,
@@ -73,8 +74,10 @@ def save_model(path: str | os.PathLike, model: ModelFile, *, inputs=()) -> Path:
         "created": model.created or datetime.now(timezone.utc).isoformat(timespec="seconds"),
         "version": model.version,
     }
-    with AtomicOutput(path, inputs=inputs) as tmp:
-        torch.save(payload, tmp)
+    buffer = io.BytesIO()  # serialised first: a write error then is a plain OSError that names the file
+    torch.save(payload, buffer)
+    with AtomicOutput(path, inputs=inputs, overwrite=overwrite) as tmp:
+        tmp.write_bytes(buffer.getbuffer())
     return Path(path)
 
 

@@ -40,7 +40,8 @@ from scipy.spatial.transform import Rotation
 from scipy.special import erfc
 
 from napari_cryoden.errors import CryodenInputError, require_finite, require_ndim
-from napari_cryoden.io.mrc import AtomicOutput, write_mrc
+from napari_cryoden.io.mrc import write_mrc
+from napari_cryoden.io.outputs import AtomicOutput
 from napari_cryoden.simulate.noise import NOISE_COLOURS, add_noise, noise_std_for_snr
 
 logger = logging.getLogger(__name__)

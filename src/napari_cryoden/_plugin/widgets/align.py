@@ -23,7 +23,7 @@ from ...io.star import write_star
 from ...models import ModelFile, load_model, save_model
 from ...params import as_dict
 from ...simulate import project_map
-from ..export import layer_particle_table
+from ..export import layer_particle_table, open_sources
 from ..jobs import JobRunner
 from ..layers import add_image_result, add_layer, image_layer, particle_stack_input
 from ..notify import notify_error, notify_info
@@ -184,7 +184,7 @@ class AlignWidget(Container):
         if self.model is None:
             return None
         try:
-            out = save_model(path, self.model)
+            out = save_model(path, self.model, inputs=open_sources())
         except Exception as exc:  # an unwritable path must not take the viewer down
             notify_error(exc)
             return None

@@ -14,6 +14,7 @@ from ...denoise.engine import PARAMS, TrainedDenoiser, default_params, iter_pred
 from ...errors import CryodenInputError
 from ...models import save_model
 from ...params import as_dict
+from ..export import open_sources
 from ..jobs import JobRunner
 from ..layers import add_image_result, layer_input
 from ..notify import notify_error, notify_info
@@ -211,7 +212,7 @@ class DenoiseWidget(Container):
 
     def save_model_to(self, path: str) -> None:
         try:
-            save_model(path, self.model.to_model_file())
+            save_model(path, self.model.to_model_file(), inputs=open_sources())
             notify_info(f"model saved to {path}")
         except Exception as exc:  # an unwritable path must not take the viewer down
             notify_error(exc)

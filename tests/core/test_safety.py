@@ -1,0 +1,236 @@
+"""No input is ever changed, and faults become messages, never partial files.
+
+One test per way a real user lost data or got a traceback (issue "Safety and robustness"): outputs that are the
+stack a STAR file points to (directly, through a symlink, a hard link or another letter case), an existing
+unrelated file, a batch run into its own input folder, SIGTERM / SIGKILL mid-write, a full or read-only file
+system (real tmpfs mounts when we may mount; skipped otherwise).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+from _cli import run
+
+from napari_cryoden.errors import CryodenOutputError
+from napari_cryoden.io.mrc import MrcWriter, read_mrc, write_mrc
+from napari_cryoden.io.outputs import AtomicOutput, input_files, remove_stale_temporaries
+from napari_cryoden.io.star import ParticleTable, make_optics_table, write_star
+
+
+def digest(path: Path) -> str:
+    return hashlib.sha256(Path(path).read_bytes()).hexdigest()
+
+
+def snapshot(folder: Path) -> dict[str, str]:
+    """Every file under ``folder`` (hidden ones included) with its content hash."""
+    return {str(p.relative_to(folder)): digest(p) for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+@pytest.fixture
+def particles(tmp_path):
+    """``raw/parts.star`` pointing at ``raw/stack.mrcs`` (24 noisy 32² images)."""
+    raw = tmp_path / "raw"
+    raw.mkdir()
+    rng = np.random.default_rng(0)
+    yy, xx = np.mgrid[:32, :32] - 15.5
+    blob = np.exp(-(xx**2 + (yy / 2) ** 2) / 20).astype(np.float32)
+    images = np.stack([blob + 0.3 * rng.standard_normal(blob.shape).astype(np.float32) for _ in range(24)])
+    write_mrc(raw / "stack.mrcs", images, voxel_size=2.0, is_stack=True)
+    import pandas as pd
+
+    rows = pd.DataFrame({"rlnImageName": [f"{i + 1:06d}@stack.mrcs" for i in range(24)], "rlnOpticsGroup": 1})
+    write_star(raw / "parts.star", ParticleTable(rows, make_optics_table(pixel_size=2.0, image_size=32)))
+    return raw
+
+
+# --------------------------------------------------------------------------------- outputs onto inputs
+@pytest.mark.parametrize("command, option", [
+    ("align", "--aligned"), ("align", "--average"), ("cluster", "--averages"), ("cluster", "--embedding"),
+])
+def test_an_output_onto_the_stack_a_star_points_to_is_refused(particles, capsys, tmp_path, command, option):
+    before = snapshot(tmp_path)
+    extra = ["--classes", "2", "--method", "pca-kmeans"] if command == "cluster" else ["--max-shift", "2"]
+    rc, _, err = run(capsys, command, particles / "parts.star", "-o", tmp_path / "out.star",
+                     option, particles / "stack.mrcs", *extra, "--device", "cpu")
+    assert rc == 2
+    assert "stack.mrcs" in err and "parts.star" in err and "overwrite an input" in err
+    assert snapshot(tmp_path) == before  # nothing written, nothing changed
+
+
+@pytest.mark.parametrize("link", ["symlink", "hardlink", "case"])
+def test_links_and_letter_case_of_an_input_are_refused(particles, capsys, tmp_path, link):
+    target = particles / "other.mrcs"
+    if link == "symlink":
+        target.symlink_to(particles / "stack.mrcs")
+    elif link == "hardlink":
+        os.link(particles / "stack.mrcs", target)
+    else:
+        target = particles / "STACK.MRCS"
+    before = snapshot(tmp_path)
+    rc, _, err = run(capsys, "align", particles / "parts.star", "-o", tmp_path / "out.star", "--aligned", target,
+                     "--max-shift", "2", "--device", "cpu")
+    assert rc == 2 and "stack.mrcs" in err
+    assert ("letter case" in err) if link == "case" else ("overwrite an input" in err)
+    assert snapshot(tmp_path) == before
+
+
+def test_input_files_lists_the_stacks_of_a_star_file(particles):
+    found = input_files([particles / "parts.star"])
+    assert particles / "stack.mrcs" in {Path(p) for p in found}
+    assert "parts.star" in found[next(p for p in found if Path(p).name == "stack.mrcs")]
+
+
+def test_an_existing_unrelated_output_is_kept_without_overwrite(tmp_path, capsys):
+    vol = np.random.default_rng(1).standard_normal((8, 16, 16)).astype(np.float32)
+    write_mrc(tmp_path / "in.mrc", vol, voxel_size=3.0)
+    precious = tmp_path / "precious.mrc"
+    precious.write_bytes(b"my only copy")
+    rc, _, err = run(capsys, "denoise", tmp_path / "in.mrc", "-o", precious, "--method", "gaussian")
+    assert rc == 2 and "precious.mrc" in err and "--overwrite" in err
+    assert precious.read_bytes() == b"my only copy"
+    rc, _, err = run(capsys, "denoise", tmp_path / "in.mrc", "-o", precious, "--method", "gaussian", "--overwrite")
+    assert rc == 0, err
+    assert read_mrc(precious).data.shape == vol.shape
+
+
+def test_a_batch_into_its_own_input_folder_does_not_take_its_outputs_as_inputs(tmp_path, capsys):
+    rng = np.random.default_rng(2)
+    for name in ("a", "b"):
+        write_mrc(tmp_path / f"{name}.mrc", rng.standard_normal((6, 12, 12)).astype(np.float32), voxel_size=2.0)
+    for _ in range(2):  # the second run is the re-run that used to pick up a_denoised.mrc
+        rc, _, err = run(capsys, "denoise", tmp_path, "-o", tmp_path, "--method", "gaussian")
+        assert rc == 0, err
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["a.mrc", "a_denoised.mrc", "b.mrc", "b_denoised.mrc"]
+
+
+def test_a_particle_batch_into_its_own_folder_skips_its_outputs(particles, capsys):
+    import shutil
+
+    shutil.copy(particles / "parts.star", particles / "more.star")
+    for _ in range(2):
+        rc, _, err = run(capsys, "-q", "align", particles, "-o", particles, "--max-shift", "2", "--device", "cpu")
+        assert rc == 0, err
+    stars = sorted(p.name for p in particles.glob("*.star"))
+    assert stars == ["more.star", "more_aligned.star", "parts.star", "parts_aligned.star"]
+
+
+# ------------------------------------------------------------------------------------------ stale files
+def test_a_killed_writers_temporary_is_removed_by_the_next_write(tmp_path):
+    out = tmp_path / "vol.mrc"
+    code = (f"import os, numpy as np; from napari_cryoden.io.mrc import MrcWriter\n"
+            f"w = MrcWriter({str(out)!r}, (4, 8, 8), voxel_size=1.0)\n"
+            f"a = w.__enter__(); a[:] = 1; print('ready', flush=True); os.kill(os.getpid(), 9)\n")
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == -signal.SIGKILL and "ready" in proc.stdout
+    stale = [p for p in tmp_path.iterdir() if p.name.endswith(".part")]
+    assert len(stale) == 1 and not out.exists()  # never a file under the final name
+    write_mrc(out, np.zeros((4, 8, 8), np.float32), voxel_size=1.0)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["vol.mrc"]
+
+
+def test_stale_temporaries_of_live_processes_are_kept(tmp_path):
+    out = tmp_path / "x.mrc"
+    with AtomicOutput(out) as tmp:
+        tmp.write_bytes(b"in progress")
+        assert remove_stale_temporaries(out) == []  # ours (this process is alive)
+        assert tmp.exists()
+
+
+def _wait_for(predicate, timeout: float) -> bool:
+    end = time.monotonic() + timeout
+    while time.monotonic() < end:
+        if predicate():
+            return True
+        time.sleep(0.05)
+    return False
+
+
+def test_sigterm_during_prediction_cleans_up_and_exits_143(tmp_path):
+    vol = np.random.default_rng(3).standard_normal((48, 96, 96)).astype(np.float32)
+    write_mrc(tmp_path / "in.mrc", vol, voxel_size=2.0)
+    out = tmp_path / "den.mrc"
+    proc = subprocess.Popen([sys.executable, "-m", "napari_cryoden.cli", "-q", "denoise", str(tmp_path / "in.mrc"),
+                             "-o", str(out), "--method", "self2self", "--time-budget", "1", "--device", "cpu"],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        # The memory-mapped output exists from the first predicted tile on: terminate mid-prediction.
+        assert _wait_for(lambda: any(p.name.endswith(".part") for p in tmp_path.iterdir()), 240)
+        proc.send_signal(signal.SIGTERM)
+        _, err = proc.communicate(timeout=120)
+    finally:
+        proc.kill()
+    assert proc.returncode == 143, err
+    assert "terminated" in err
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["in.mrc"]
+
+
+# ------------------------------------------------------------------------------- full / read-only disks
+@pytest.fixture
+def small_disk(tmp_path):
+    """A 2 MiB tmpfs (root only); skipped where mounting is not allowed."""
+    mnt = tmp_path / "disk"
+    mnt.mkdir()
+    if os.geteuid() != 0:
+        pytest.skip("mounting a small file system needs root")
+    done = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=2m", "tmpfs", str(mnt)], capture_output=True)
+    if done.returncode != 0:
+        pytest.skip(f"cannot mount a tmpfs here: {done.stderr.decode().strip()}")
+    yield mnt
+    subprocess.run(["umount", "-l", str(mnt)], capture_output=True)
+
+
+def test_a_memory_mapped_output_on_a_full_disk_is_an_error_not_sigbus(small_disk):
+    out = small_disk / "big.mrc"
+    # In a subprocess: before the fix this died of SIGBUS (exit -7) while filling the map.
+    code = (f"import sys, numpy as np\nfrom napari_cryoden.io.mrc import MrcWriter\n"
+            f"from napari_cryoden.errors import CryodenOutputError\n"
+            f"try:\n    with MrcWriter({str(out)!r}, (16, 256, 256), voxel_size=1.0) as a:\n        a[:] = 1.0\n"
+            f"except CryodenOutputError as e:\n    print(e); sys.exit(2)\n")
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 2, (proc.returncode, proc.stderr)
+    assert "big.mrc" in proc.stdout and "MiB" in proc.stdout
+    assert list(small_disk.iterdir()) == []
+
+
+def test_writes_onto_a_full_disk_exit_2_and_leave_nothing(small_disk, tmp_path, capsys):
+    vol = np.random.default_rng(4).standard_normal((16, 128, 128)).astype(np.float32)  # 1 MiB
+    write_mrc(tmp_path / "in.mrc", vol, voxel_size=2.0)
+    (small_disk / "filler").write_bytes(b"\0" * (1536 << 10))
+    for out in ("den.mrc",):
+        rc, _, err = run(capsys, "denoise", tmp_path / "in.mrc", "-o", small_disk / out, "--method", "gaussian")
+        assert rc == 2 and out in err and "free" in err
+    with pytest.raises(CryodenOutputError, match="no space left"):
+        write_mrc(small_disk / "w.mrc", vol, voxel_size=2.0)  # mrcfile's own write path
+    with pytest.raises(CryodenOutputError, match="no space left"):
+        from napari_cryoden.models import ModelFile, save_model
+
+        save_model(small_disk / "m.pt", ModelFile(kind="x", config={}, state_dict={"w": __import__("torch").zeros(
+            300_000)}))
+    assert sorted(p.name for p in small_disk.iterdir()) == ["filler"]
+
+
+def test_a_read_only_file_system_is_a_message(small_disk, tmp_path, capsys):
+    write_mrc(tmp_path / "in.mrc", np.ones((4, 16, 16), np.float32), voxel_size=2.0)
+    subprocess.run(["mount", "-o", "remount,ro", str(small_disk)], check=True)
+    rc, _, err = run(capsys, "denoise", tmp_path / "in.mrc", "-o", small_disk / "den.mrc", "--method", "gaussian")
+    assert rc == 2 and "den.mrc" in err
+    with pytest.raises(CryodenOutputError, match="read-only"):
+        with AtomicOutput(small_disk / "x.txt", inputs=()) as tmp:
+            tmp.write_text("x")
+
+
+def test_mrcwriter_reserves_the_blocks_it_maps(tmp_path):
+    with MrcWriter(tmp_path / "v.mrc", (8, 64, 64), voxel_size=1.0) as arr:
+        part = next(p for p in tmp_path.iterdir() if p.name.endswith(".part"))
+        assert os.stat(part).st_blocks * 512 >= arr.nbytes  # allocated, not a sparse hole
+        arr[:] = 2.0
+    assert read_mrc(tmp_path / "v.mrc").data.mean() == 2.0
