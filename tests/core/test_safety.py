@@ -234,3 +234,73 @@ def test_mrcwriter_reserves_the_blocks_it_maps(tmp_path):
         assert os.stat(part).st_blocks * 512 >= arr.nbytes  # allocated, not a sparse hole
         arr[:] = 2.0
     assert read_mrc(tmp_path / "v.mrc").data.mean() == 2.0
+
+
+# ------------------------------------------------------------------------------------- resumed trainings
+def _phantom(seed: int = 5) -> np.ndarray:
+    rng = np.random.default_rng(seed)
+    zz, yy, xx = np.mgrid[:16, :32, :32]
+    clean = (np.sin(xx / 3.0) * np.cos(yy / 4.0) + 0.5 * np.sin(zz / 2.0)).astype(np.float32)
+    return clean + 0.5 * rng.standard_normal(clean.shape).astype(np.float32)
+
+
+def test_a_denoise_training_resumed_from_its_checkpoint_ends_as_the_uninterrupted_one(tmp_path):
+    from napari_cryoden.checkpoint import Checkpointer
+    from napari_cryoden.denoise.engine import default_params, iter_train
+    from napari_cryoden.progress import run
+
+    vol = _phantom()
+    params = default_params("self2self", dims=3, epochs=2, time_budget=0, patch_size=16, batch_size=2,
+                            smooth_sigmas="")
+    whole = run(iter_train(vol, params, method="self2self", seed=1, device="cpu"))
+    total = len(whole.history)
+    assert total >= 20
+
+    ckpt = Checkpointer(tmp_path / "den.mrc.ckpt", every=1e-9)  # a checkpoint after every step
+    gen = iter_train(vol, params, method="self2self", seed=1, device="cpu", checkpoint=ckpt)
+    for _ in range(7):  # "killed" after 7 steps: the generator is abandoned, its checkpoint stays
+        next(gen)
+    gen.close()
+    assert ckpt.load()["step"] == 7
+
+    events = []
+    resumed = run(iter_train(vol, params, method="self2self", seed=1, device="cpu", checkpoint=ckpt, resume=True),
+                  events.append)
+    assert events[0].info["resumed_from"] == 7 and events[0].step == 7
+    assert len(resumed.history) == total  # not started over, not trained longer
+    np.testing.assert_allclose(resumed.history, whole.history, rtol=1e-4, atol=1e-6)  # same data, same states
+    other = default_params("self2self", dims=3, epochs=3, time_budget=0, patch_size=16, batch_size=2,
+                           smooth_sigmas="")
+    with pytest.raises(Exception, match="other data or settings"):
+        run(iter_train(vol, other, method="self2self", seed=1, device="cpu", checkpoint=ckpt, resume=True))
+
+
+def test_cryoden_denoise_killed_mid_training_resumes_with_resume(tmp_path):
+    write_mrc(tmp_path / "in.mrc", _phantom(), voxel_size=2.0)
+    out, ckpt = tmp_path / "den.mrc", tmp_path / "den.mrc.ckpt"
+    argv = [sys.executable, "-m", "napari_cryoden.cli", "-q", "denoise", str(tmp_path / "in.mrc"), "-o", str(out),
+            "--method", "self2self", "--epochs", "20", "--time-budget", "0", "--patch-size", "16", "--batch-size",
+            "2", "--device", "cpu", "--checkpoint-every", "0.3", "--save-model", str(tmp_path / "m.pt")]
+    proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        assert _wait_for(ckpt.exists, 240)
+        proc.kill()  # kill -9: no clean-up runs
+        proc.communicate(timeout=60)
+    finally:
+        proc.kill()
+    assert not out.exists() and not (tmp_path / "m.pt").exists()
+    import torch
+
+    state = torch.load(ckpt, weights_only=True)["state"]  # complete (written atomically) and loadable
+    assert state["step"] > 0
+    done = subprocess.run(argv + ["--resume"], capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr
+    assert f"resumed from {ckpt} at step" in done.stdout
+    resumed_at = int(done.stdout.split(" at step ")[1].split()[0])
+    assert resumed_at >= state["step"] > 0
+    from napari_cryoden.denoise.engine import TrainedDenoiser
+
+    model = TrainedDenoiser.load(tmp_path / "m.pt")
+    steps_per_epoch = 10  # the minimum: this volume is smaller than one epoch of patches
+    assert len(model.history) == 20 * steps_per_epoch
+    assert out.exists() and not ckpt.exists()  # finished: the checkpoint is gone

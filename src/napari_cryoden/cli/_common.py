@@ -44,6 +44,44 @@ def add_overwrite(parser, *, batch: bool = False) -> None:
                              + ("; a batch re-run skips them, so it resumes" if batch else "") + ")")
 
 
+def add_checkpoint_args(parser) -> None:
+    """--checkpoint-every / --resume of a command that trains a network."""
+    parser.add_argument("--checkpoint-every", type=float, default=0.0, metavar="S",
+                        help="write the training state to OUTPUT.ckpt every S seconds (default 0: never), so a "
+                             "killed run can continue with --resume; removed when the job finishes")
+    parser.add_argument("--resume", action="store_true",
+                        help="continue the training from OUTPUT.ckpt when it exists (same input and settings), "
+                             "else start normally")
+
+
+def checkpointer(args, output: str | Path, inputs):
+    """The Checkpointer of a training command (None when neither --checkpoint-every nor --resume is given).
+    A folder output (a batch) keeps it as FOLDER/cryoden-training.ckpt."""
+    if not (getattr(args, "checkpoint_every", 0) or getattr(args, "resume", False)):
+        return None
+    from ..checkpoint import Checkpointer
+    from ..io.outputs import check_output_path
+
+    if args.checkpoint_every < 0:
+        raise CryodenInputError(None, f"--checkpoint-every must be 0 or more seconds, got {args.checkpoint_every}")
+    out = Path(output)
+    path = out / "cryoden-training.ckpt" if out.is_dir() else out.with_name(out.name + ".ckpt")
+    check_output_path(path, inputs=inputs)
+    return Checkpointer(path, every=args.checkpoint_every, inputs=inputs)
+
+
+def announce_resume(gen, checkpoint):
+    """Pass a training's events through, saying once on stdout where it resumed."""
+    while True:
+        try:
+            event = next(gen)
+        except StopIteration as stop:
+            return stop.value
+        if checkpoint is not None and event.info.get("resumed_from") is not None:
+            print(f"resumed from {checkpoint.path} at step {event.info['resumed_from']}")
+        yield event
+
+
 def positive_int(text: str) -> int:
     value = int(text)
     if value <= 0:

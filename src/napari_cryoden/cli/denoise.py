@@ -14,7 +14,7 @@ from pathlib import Path
 
 from ..errors import CryodenInputError, CryodenOutputError, require_finite
 from ..io.mrc import MRC_SUFFIXES, MrcWriter, read_mrc
-from ._common import check_outputs, drop_own_outputs, expand_paths
+from ._common import add_checkpoint_args, announce_resume, check_outputs, checkpointer, drop_own_outputs, expand_paths
 
 log = logging.getLogger(__name__)
 
@@ -172,7 +172,7 @@ def cmd_denoise(args) -> int:
     if not args.quiet:
         print(f"method {method.name}; device {describe_device(dev)}")
 
-    model = None
+    model, ckpt = None, None
     if trainable:
         first = volumes[0]
         dims = 2 if (first.is_stack or first.data.ndim == 2) else 3
@@ -182,9 +182,11 @@ def cmd_denoise(args) -> int:
                 raise CryodenInputError(args.model, f"is a {model.method} model; run with --method {model.method}")
         if not args.predict_only:
             params = build_params(method, args, dims=dims)
-            model = run_with_bar(iter_train(first.data, params, method=method.name, is_stack=first.is_stack,
-                                            half2=half2.data if half2 else None, model=model, seed=args.seed,
-                                            device=dev, voxel_size=first.voxel_size), disable=args.quiet)
+            ckpt = checkpointer(args, args.output, protected)
+            gen = iter_train(first.data, params, method=method.name, is_stack=first.is_stack,
+                             half2=half2.data if half2 else None, model=model, seed=args.seed, device=dev,
+                             voxel_size=first.voxel_size, checkpoint=ckpt, resume=args.resume)
+            model = run_with_bar(announce_resume(gen, ckpt), disable=args.quiet)
             if args.save_model and ctx.is_main:  # every process holds the same model
                 save_model(args.save_model, model.to_model_file(), inputs=protected)
                 print(f"wrote model: {args.save_model}")
@@ -208,6 +210,8 @@ def cmd_denoise(args) -> int:
                                             seed=args.seed, device=args.device, out=target), disable=args.quiet)
         print(f"wrote {out}" + (f" (rank {ctx.rank})" if ctx.world_size > 1 else ""))
     distributed.barrier(ctx)
+    if ckpt is not None and ctx.is_main:
+        ckpt.remove()  # finished: nothing left to resume
     return 0
 
 
@@ -239,6 +243,7 @@ def register(commands: dict) -> None:
     p.add_argument("--save-model", help="save the trained model here (one file)")
     p.add_argument("--predict-only", action="store_true", help="do not train; needs --model")
     p.add_argument("--seed", type=int, default=0)
+    add_checkpoint_args(p)
     p.add_argument("--overwrite", action="store_true",
                    help="replace outputs that exist already (without it a single run refuses them; a batch re-run "
                         "skips them and reuses the --save-model file an earlier run wrote)")

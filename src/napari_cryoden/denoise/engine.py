@@ -26,6 +26,7 @@ import torch
 import torch.nn.functional as F
 
 from .. import distributed
+from ..checkpoint import Checkpointer, cpu_state, restore_rng, rng_state
 from ..device import describe_device, resolve_device
 from ..errors import CryodenInputError
 from ..models import ModelFile, load_model
@@ -328,8 +329,9 @@ def resolve_mask_block(params: EngineParams, vol, dims: int, model: TrainedDenoi
 
 def iter_train(data: np.ndarray, params: EngineParams, *, method: str, is_stack: bool = False,
                half2: np.ndarray | None = None, model: TrainedDenoiser | None = None, seed: int = 0,
-               device: str | torch.device = "auto", voxel_size=None,
-               preview_every: int = 25) -> Generator[ProgressEvent, None, TrainedDenoiser]:
+               device: str | torch.device = "auto", voxel_size=None, preview_every: int = 25,
+               checkpoint: Checkpointer | None = None,
+               resume: bool = False) -> Generator[ProgressEvent, None, TrainedDenoiser]:
     """Train (or continue training) a self-supervised denoiser on ``data``.
 
     Parameters
@@ -342,6 +344,11 @@ def iter_train(data: np.ndarray, params: EngineParams, *, method: str, is_stack:
         "self2self", "fourier-n2n" or "n2n-halves" (then ``data`` is the first half, ``half2`` the second).
     model
         Continue training this model (its network, normalisation and optimiser state) instead of a new one.
+    checkpoint
+        Write the training state there every ``checkpoint.every`` seconds.
+    resume
+        Continue from ``checkpoint``'s file when it exists (its step, training time, optimiser and random
+        states), so a killed training ends where the uninterrupted one would have.
 
     Yields progress events (loss, ETA, and every ``preview_every`` steps a denoised central slice) and returns
     the :class:`TrainedDenoiser`.
@@ -402,6 +409,18 @@ def iter_train(data: np.ndarray, params: EngineParams, *, method: str, is_stack:
 
     preview_input, preview_origin = _preview_source(vol, dims)
     step, running = 0, None
+    if checkpoint is not None:
+        checkpoint.bind(kind=f"denoise/{method}", shape=list(vol.shape), params=as_dict(params), seed=seed,
+                        world_size=ctx.world_size)
+        saved = checkpoint.load() if resume else None
+        if saved is not None:
+            distributed.unwrap(net).load_state_dict(saved["net"])
+            optimizer.load_state_dict(saved["optimizer"])
+            step, running, history = int(saved["step"]), saved["running"], list(saved["history"])
+            clock.start -= float(saved["elapsed"])
+            restore_rng(saved["rng"], numpy_rng=rng, generator=generator)
+            log.info("resumed from %s at step %d (%.1f s trained)", checkpoint.path, step, saved["elapsed"])
+            yield clock.event(step, loss=running, resumed_from=step, device=describe_device(dev))
     net.train()
     while not distributed.agree(step >= total_steps or (budget is not None and clock.elapsed >= budget), ctx):
         frac = step / total_steps
@@ -436,6 +455,11 @@ def iter_train(data: np.ndarray, params: EngineParams, *, method: str, is_stack:
         if preview_every and step % preview_every == 0 and ctx.is_main:
             preview = _preview(distributed.unwrap(net), method, params, norm, preview_input, dev, generator, block)
             net.train()
+        if checkpoint is not None and ctx.is_main and checkpoint.due():
+            checkpoint.save({"net": cpu_state(distributed.unwrap(net).state_dict()),
+                             "optimizer": cpu_state(optimizer.state_dict()), "step": step, "running": running,
+                             "history": list(history), "elapsed": clock.elapsed,
+                             "rng": rng_state(numpy_rng=rng, generator=generator)})
         yield clock.event(step, loss=running, preview=preview, lr=lr, device=describe_device(dev),
                           preview_origin=preview_origin)
     net = distributed.unwrap(net)
