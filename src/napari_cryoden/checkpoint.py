@@ -63,6 +63,15 @@ class Checkpointer:
         self.inputs = inputs
         self._last = time.monotonic()
         self.saved = 0
+        self._parts: list[Checkpointer] = []
+
+    def part(self, name: str) -> Checkpointer:
+        """A sibling checkpoint ``PATH.NAME`` for one of several trainings of a job (e.g. one per K);
+        :meth:`remove` removes it too."""
+        sibling = Checkpointer(self.path.with_name(f"{self.path.name}.{name}"), every=self.every,
+                               fingerprint=self.fingerprint, inputs=self.inputs)
+        self._parts.append(sibling)
+        return sibling
 
     def bind(self, **fingerprint) -> Checkpointer:
         """Set what is being trained (the training loop knows it best: method, input shape, parameters)."""
@@ -105,8 +114,10 @@ class Checkpointer:
         return payload["state"]
 
     def remove(self) -> None:
-        """Delete the checkpoint (the job finished)."""
+        """Delete the checkpoint and its parts (the job finished)."""
         self.path.unlink(missing_ok=True)
+        for sibling in self._parts:
+            sibling.remove()
 
 
 def cpu_state(obj):

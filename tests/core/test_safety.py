@@ -304,3 +304,60 @@ def test_cryoden_denoise_killed_mid_training_resumes_with_resume(tmp_path):
     steps_per_epoch = 10  # the minimum: this volume is smaller than one epoch of patches
     assert len(model.history) == 20 * steps_per_epoch
     assert out.exists() and not ckpt.exists()  # finished: the checkpoint is gone
+
+
+def _particles_for_training(n: int = 48, box: int = 32, seed: int = 0):
+    from napari_cryoden.sample_data import builtin_map
+    from napari_cryoden.simulate import project_map, resample_map, simulate_alignment_stack
+
+    m = builtin_map()
+    vol = resample_map(np.asarray(m.data), voxel_size=m.pixel_size, pixel_size=m.pixel_size * 1.8, box=box)
+    ref = project_map(vol, rot=0.0, tilt=0.0, psi=0.0)[0].astype(np.float32)
+    return simulate_alignment_stack(ref, pixel_size=1.0, n_per_image=n, max_shift=2, integer_shifts=False,
+                                    ctf_mode="none", snr=2.0, seed=seed)
+
+
+@pytest.mark.parametrize("joint", [False, True], ids=["udl", "judl"])
+def test_an_alignment_training_resumes_where_it_stopped(tmp_path, joint):
+    from napari_cryoden.align.udl import DeepAlignParams, iter_train
+    from napari_cryoden.checkpoint import Checkpointer
+    from napari_cryoden.progress import run
+
+    sim = _particles_for_training()
+    params = DeepAlignParams(epochs=2, steps_per_epoch=3, batch_size=8, seed=3)
+    reference = sim.references[0] if joint else None
+    whole = run(iter_train(sim.images, reference, params, joint=joint))
+    ckpt = Checkpointer(tmp_path / "a.star.ckpt", every=1e-9)
+    gen = iter_train(sim.images, reference, params, joint=joint, checkpoint=ckpt)
+    for _ in range(4):  # stopped inside the second epoch
+        next(gen)
+    gen.close()
+    events = []
+    resumed = run(iter_train(sim.images, reference, params, joint=joint, checkpoint=ckpt, resume=True), events.append)
+    assert events[0].info["resumed_from"] == 4
+    steps = [h["step"] for h in resumed.extra["history"]]
+    assert steps == list(range(1, 7))  # each step once: none repeated, none skipped
+    np.testing.assert_allclose([h["angle_loss"] for h in resumed.extra["history"]],
+                               [h["angle_loss"] for h in whole.extra["history"]], rtol=1e-4, atol=1e-6)
+
+
+def test_a_siamese_training_resumes_from_its_last_round(tmp_path):
+    from napari_cryoden.checkpoint import Checkpointer
+    from napari_cryoden.cluster.siamese import SiameseParams, iter_train_siamese
+    from napari_cryoden.progress import run
+
+    rng = np.random.default_rng(0)
+    images = rng.standard_normal((40, 16, 16)).astype(np.float32)
+    images[:20, 6:10, 6:10] += 2.0
+    labels = (np.arange(40) >= 20).astype(np.int64)
+    params = SiameseParams(rounds=3, min_steps=4, max_steps=4, batch_size=8, stop_ari=1.0, seed=1)
+    ckpt = Checkpointer(tmp_path / "c.star.ckpt", every=1e-9)
+    gen = iter_train_siamese(images, 2, labels, params, checkpoint=ckpt)
+    while not ckpt.path.exists():  # run until the first round is saved, then "kill"
+        next(gen)
+    gen.close()
+    assert ckpt.load()["round"] == 1
+    events = []
+    result = run(iter_train_siamese(images, 2, labels, params, checkpoint=ckpt, resume=True), events.append)
+    assert events[0].info["resumed_from"] == 4 and events[0].info["round"] == 1
+    assert [h["round"] for h in result.history] == [1, 2, 3]  # round 1 from the checkpoint, 2-3 trained now

@@ -22,6 +22,7 @@ import numpy as np
 import torch
 
 from .. import distributed
+from ..checkpoint import Checkpointer, cpu_state, restore_rng, rng_state
 from ..models import ModelFile
 from ..params import param, validate
 from ..progress import ProgressEvent, StageClock
@@ -99,12 +100,14 @@ def _training_amplitudes(source, params: DeepAlignParams, rng, device) -> torch.
 
 
 def iter_train(images, reference=None, params: DeepAlignParams | None = None, *, joint: bool = False,
-               device="cpu", model: ModelFile | None = None) -> Generator[ProgressEvent, None, ModelFile]:
+               device="cpu", model: ModelFile | None = None, checkpoint: Checkpointer | None = None,
+               resume: bool = False) -> Generator[ProgressEvent, None, ModelFile]:
     """Train UDL (``joint=False``: random pairs of particles) or JUDL (``joint=True``: (reference, particle)
     pairs plus the reconstruction term); yields progress events and returns the :class:`ModelFile`.
 
     ``reference`` is needed for JUDL (``None``: a bootstrap average of the particles is used, as in the
-    classical reference-free start). ``model`` continues training from a saved model.
+    classical reference-free start). ``model`` continues training from a saved model. ``checkpoint`` writes
+    the training state every ``checkpoint.every`` seconds; with ``resume`` a training continues from it.
     """
     params = validate(params or DeepAlignParams())
     ctx = distributed.context()  # under torchrun: DDP and one pair stream per process
@@ -139,44 +142,59 @@ def iter_train(images, reference=None, params: DeepAlignParams | None = None, *,
     history: list[dict] = []
     step = 0
     gen = torch.Generator(device="cpu").manual_seed(distributed.rank_seed(params.seed, ctx))
-    start_time = time.perf_counter()
+    if checkpoint is not None:
+        checkpoint.bind(kind="align/judl" if joint else "align/udl", n=len(source), box=box,
+                        params=dict(params.__dict__), world_size=ctx.world_size)
+        saved = checkpoint.load() if resume else None
+        if saved is not None:
+            model_net.load_state_dict(saved["net"])
+            if model_ae is not None:
+                model_ae.load_state_dict(saved["autoencoder"])
+            optimiser.load_state_dict(saved["optimizer"])
+            step, history = int(saved["step"]), list(saved["history"])
+            clock.start -= float(saved["elapsed"])
+            restore_rng(saved["rng"], generator=gen)
+            yield clock.event(step, resumed_from=step)
     net.train()
-    for epoch in range(params.epochs):
-        for _ in range(params.steps_per_epoch):
-            bs = params.batch_size
-            j = torch.randint(len(amps), (bs,), generator=gen).to(device)
-            b = amps[j]
-            if joint:
-                a = ref_amp.expand(bs, -1, -1, -1)
-            else:
-                a = amps[torch.randint(len(amps), (bs,), generator=gen).to(device)]
-            rot = (torch.rand((4, bs), generator=gen) * 360.0).to(device)
-            a1, b1, a2, b2 = _rotate(a, rot[0]), _rotate(b, rot[1]), _rotate(a, rot[2]), _rotate(b, rot[3])
-            p1, p2 = net(torch.cat([a1, a2]), torch.cat([b1, b2])).split(bs)  # one forward a step (DDP)
-            target = (rot[1] - rot[0]) - (rot[3] - rot[2])
-            angle_loss = circular_distance_180(p1 - p2, target).mean()
-            loss = angle_loss
-            recon = torch.zeros(())
-            if joint and epoch > 0 and params.reconstruction_weight > 0:
-                # The image's amplitude turned back by the predicted angle; one small autoencoder must
-                # reconstruct all of them, which it does best when all share one frame.
-                polar = model_net.polar(b1)
-                aligned = shift_angles(polar, p1)  # P_b(theta - phi) = P_a(theta): into the reference frame
-                recon = torch.mean((ae(aligned) - aligned) ** 2)
-                loss = loss + params.reconstruction_weight * epoch * recon
-            optimiser.zero_grad(set_to_none=True)
-            loss.backward()
-            optimiser.step()
-            step += 1
-            angle_value, recon_value = distributed.mean([float(angle_loss.detach()), float(recon.detach())], ctx)
-            history.append({"step": step, "epoch": epoch, "angle_loss": angle_value, "reconstruction": recon_value})
-            yield clock.event(step, loss=angle_value, epoch=epoch, reconstruction=recon_value)
-            if distributed.agree(params.time_budget is not None
-                                 and time.perf_counter() - start_time > params.time_budget, ctx):
-                break
+    while step < total:
+        epoch = step // params.steps_per_epoch
+        bs = params.batch_size
+        j = torch.randint(len(amps), (bs,), generator=gen).to(device)
+        b = amps[j]
+        if joint:
+            a = ref_amp.expand(bs, -1, -1, -1)
         else:
-            continue
-        break
+            a = amps[torch.randint(len(amps), (bs,), generator=gen).to(device)]
+        rot = (torch.rand((4, bs), generator=gen) * 360.0).to(device)
+        a1, b1, a2, b2 = _rotate(a, rot[0]), _rotate(b, rot[1]), _rotate(a, rot[2]), _rotate(b, rot[3])
+        p1, p2 = net(torch.cat([a1, a2]), torch.cat([b1, b2])).split(bs)  # one forward a step (DDP)
+        target = (rot[1] - rot[0]) - (rot[3] - rot[2])
+        angle_loss = circular_distance_180(p1 - p2, target).mean()
+        loss = angle_loss
+        recon = torch.zeros(())
+        if joint and epoch > 0 and params.reconstruction_weight > 0:
+            # The image's amplitude turned back by the predicted angle; one small autoencoder must
+            # reconstruct all of them, which it does best when all share one frame.
+            polar = model_net.polar(b1)
+            aligned = shift_angles(polar, p1)  # P_b(theta - phi) = P_a(theta): into the reference frame
+            recon = torch.mean((ae(aligned) - aligned) ** 2)
+            loss = loss + params.reconstruction_weight * epoch * recon
+        optimiser.zero_grad(set_to_none=True)
+        loss.backward()
+        optimiser.step()
+        step += 1
+        angle_value, recon_value = distributed.mean([float(angle_loss.detach()), float(recon.detach())], ctx)
+        history.append({"step": step, "epoch": epoch, "angle_loss": angle_value, "reconstruction": recon_value})
+        if checkpoint is not None and ctx.is_main and checkpoint.due():
+            saved = {"net": cpu_state(model_net.state_dict()), "optimizer": cpu_state(optimiser.state_dict()),
+                     "step": step, "history": list(history), "elapsed": clock.elapsed,
+                     "rng": rng_state(generator=gen)}
+            if model_ae is not None:
+                saved["autoencoder"] = cpu_state(model_ae.state_dict())
+            checkpoint.save(saved)
+        yield clock.event(step, loss=angle_value, epoch=epoch, reconstruction=recon_value)
+        if distributed.agree(params.time_budget is not None and clock.elapsed > params.time_budget, ctx):
+            break
     state = {"net": model_net.state_dict()}
     if model_ae is not None:
         state["autoencoder"] = model_ae.state_dict()

@@ -8,7 +8,16 @@ import numpy as np
 
 from ..errors import CryodenInputError
 from ..io.star import rebase_image_names
-from ._common import add_particle_inputs, check_outputs, positive_float, positive_int, single_or_batch
+from ._common import (
+    add_checkpoint_args,
+    add_particle_inputs,
+    announce_resume,
+    check_outputs,
+    checkpointer,
+    positive_float,
+    positive_int,
+    single_or_batch,
+)
 
 #: The per-particle score column written (normalised cross-correlation with the rotated, shifted reference).
 SCORE_COLUMN = "rlnCryodenScore"
@@ -147,8 +156,12 @@ def _run_deep(args, source, reference, params, device, ctf, aligned_out, inputs,
     train = model is None or args.epochs is not None or args.time_budget is not None
     if train:
         deep = validate(DeepAlignParams(epochs=args.epochs or 3, time_budget=args.time_budget, seed=args.seed))
-        model = run_with_bar(iter_train(source, reference, deep, joint=args.method == "judl", device=device,
-                                        model=model), disable=disable)
+        ckpt = checkpointer(args, args.output, inputs)
+        gen = iter_train(source, reference, deep, joint=args.method == "judl", device=device, model=model,
+                         checkpoint=ckpt, resume=args.resume)
+        model = run_with_bar(announce_resume(gen, ckpt), disable=disable)
+        if ckpt is not None and distributed.context().is_main:
+            ckpt.remove()  # trained: aligning with the network is quick and needs no checkpoint
         if not distributed.context().is_main:
             return None  # every process holds the same model; rank 0 saves it and aligns
         if args.save_model:
@@ -181,4 +194,5 @@ def register(commands: dict) -> None:
     p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:1, mps")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--batch-size", type=positive_int, default=512, help="particles per batch")
+    add_checkpoint_args(p)
     p.set_defaults(func=cmd_align)

@@ -10,7 +10,16 @@ import numpy as np
 from ..cluster.pipeline import SCORE_COLUMN, class_members, with_classes
 from ..errors import CryodenInputError
 from ..io.star import rebase_image_names
-from ._common import add_overwrite, add_particle_inputs, check_outputs, positive_float, single_or_batch
+from ._common import (
+    add_checkpoint_args,
+    add_overwrite,
+    add_particle_inputs,
+    announce_resume,
+    check_outputs,
+    checkpointer,
+    positive_float,
+    single_or_batch,
+)
 
 
 def parse_classes(text: str) -> list[int]:
@@ -100,9 +109,14 @@ def _cluster_one(args) -> int:
     device = resolve_device(args.device, need_fft=True)
     print(f"clustering {n} particles of {box}x{box} px ({apix:.4g} Å) into {args.classes} classes with "
           f"{args.method} on {describe_device(device)}")
-    kwargs = {"method": args.method, "params": params, "device": device, "model": model, "train": train}
-    gen = iter_cluster(source, ks[0], **kwargs) if len(ks) == 1 else iter_cluster_range(source, ks, **kwargs)
-    result = run_with_bar(gen, disable=bool(getattr(args, "quiet", False)))
+    ckpt = checkpointer(args, args.output, inputs) if args.method == "siamese" and train else None
+    kwargs = {"method": args.method, "params": params, "device": device, "model": model, "train": train,
+              "checkpoint": ckpt}
+    gen = (iter_cluster(source, ks[0], resume=args.resume, **kwargs) if len(ks) == 1 else
+           iter_cluster_range(source, ks, resume=args.resume, **kwargs))
+    result = run_with_bar(announce_resume(gen, ckpt), disable=bool(getattr(args, "quiet", False)))
+    if ckpt is not None and distributed.context().is_main:
+        ckpt.remove()
     if "model_selection" in result.info:
         values = result.info["model_selection"]["values"]
         print("silhouette by K: " + ", ".join(f"{k}: {v:.3f}" for k, v in values.items()) +
@@ -178,6 +192,7 @@ def register(commands: dict) -> None:
                        help="siamese: stop training after S seconds")
     p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:1, mps")
     p.add_argument("--seed", type=int, default=0)
+    add_checkpoint_args(p)
     p.set_defaults(func=cmd_cluster)
 
     p = commands["root"].add_parser("subset", help="the particles of chosen classes of a classified STAR file")

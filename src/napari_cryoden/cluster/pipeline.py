@@ -97,7 +97,8 @@ def silhouette(features: np.ndarray, labels: np.ndarray, *, seed: int = 0, sampl
 
 def iter_cluster(images, k: int, *, method: str = "siamese", params=None, device="cpu",
                  model: ModelFile | None = None, train: bool = True, averages: bool = True,
-                 refine_averages: bool = True) -> Generator[ProgressEvent, None, ClusterResult]:
+                 refine_averages: bool = True, checkpoint=None,
+                 resume: bool = False) -> Generator[ProgressEvent, None, ClusterResult]:
     """Cluster (n, N, N) particles (array, memory map or particle source) into ``k`` classes.
 
     Parameters
@@ -114,6 +115,9 @@ def iter_cluster(images, k: int, *, method: str = "siamese", params=None, device
         ``siamese``: a saved encoder to start from; with ``train=False`` it is only applied.
     averages, refine_averages
         Compute class averages; refine each class's alignment at full resolution with the classical code.
+    checkpoint, resume
+        ``siamese``: a :class:`~napari_cryoden.checkpoint.Checkpointer` the encoder's training state is saved to
+        between rounds, and whether to continue from it (pre-alignment is seeded and simply redone).
 
     Yields progress events; returns a :class:`ClusterResult`.
     """
@@ -158,7 +162,8 @@ def iter_cluster(images, k: int, *, method: str = "siamese", params=None, device
             start, _ = kmeans_labels(pca_features(masked, params.pca_components, seed=params.seed), k,
                                      seed=params.seed)
         info["initial_labels"] = start
-        sres = yield from iter_train_siamese(masked, k, start, params, device=device, model=model, train=train)
+        sres = yield from iter_train_siamese(masked, k, start, params, device=device, model=model, train=train,
+                                             checkpoint=checkpoint, resume=resume)
         trained, labels, features = sres.model, sres.labels, sres.embeddings
         info["history"] = sres.history
         info["siamese_labels"] = labels.copy()
@@ -194,8 +199,10 @@ def iter_cluster_range(images, ks: Sequence[int], **kwargs) -> Generator[Progres
     want_averages = kwargs.pop("averages", True)
     refine = kwargs.pop("refine_averages", True)
     best, scores = None, {}
+    checkpoint = kwargs.pop("checkpoint", None)
     for k in ks:
-        res = yield from iter_cluster(images, int(k), averages=False, **kwargs)
+        part = checkpoint.part(f"k{int(k)}") if checkpoint is not None else None  # one training per K
+        res = yield from iter_cluster(images, int(k), averages=False, checkpoint=part, **kwargs)
         scores[int(k)] = res.info["silhouette"]
         if best is None or scores[int(k)] > best.info["silhouette"]:
             best = res

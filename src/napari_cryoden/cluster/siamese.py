@@ -16,6 +16,7 @@ SNR 0.1 with a CPU budget does not work; pre-alignment does).
 
 from __future__ import annotations
 
+import hashlib
 import logging
 from collections.abc import Generator
 from dataclasses import dataclass
@@ -26,6 +27,7 @@ from torch import nn
 
 from .. import distributed
 from ..align.transforms import transform_images
+from ..checkpoint import Checkpointer, cpu_state, restore_rng, rng_state
 from ..models import ModelFile
 from ..params import as_dict, param, validate
 from ..progress import ProgressEvent, StageClock
@@ -124,11 +126,14 @@ class SiameseResult:
 
 
 def iter_train_siamese(images: np.ndarray, k: int, labels: np.ndarray, params: SiameseParams | None = None, *,
-                       device="cpu", model: ModelFile | None = None, train: bool = True
+                       device="cpu", model: ModelFile | None = None, train: bool = True,
+                       checkpoint: Checkpointer | None = None, resume: bool = False,
                        ) -> Generator[ProgressEvent, None, SiameseResult]:
     """Rounds of train → embed → KMeans on (n, m, m) work images, starting from pseudo-``labels``.
 
     ``model`` continues from a saved encoder; ``train=False`` only embeds with it and runs KMeans once.
+    ``checkpoint`` saves the state after a round when ``checkpoint.every`` seconds have passed; with ``resume``
+    the training continues from the last saved round.
     Yields "train" events (loss per step) and returns a :class:`SiameseResult`.
     """
     params = validate(params or SiameseParams())
@@ -157,7 +162,20 @@ def iter_train_siamese(images: np.ndarray, k: int, labels: np.ndarray, params: S
     step = 0
     embeddings = None
     out_of_time = False
-    for r in range(rounds):
+    first_round = 0
+    if checkpoint is not None and train:
+        checkpoint.bind(kind=KIND, n=n, box=m, k=int(k), params=as_dict(params), world_size=ctx.world_size,
+                        start_labels=hashlib.sha256(np.asarray(labels, np.int64).tobytes()).hexdigest())
+        saved = checkpoint.load() if resume else None
+        if saved is not None:
+            model_net.load_state_dict(saved["encoder"])
+            optimiser.load_state_dict(saved["optimizer"])
+            first_round, step, history = int(saved["round"]), int(saved["step"]), list(saved["history"])
+            labels = np.asarray(saved["labels"].numpy(), dtype=labels.dtype)
+            clock.start -= float(saved["elapsed"])
+            restore_rng(saved["rng"], numpy_rng=rng, generator=gen)
+            yield clock.event(step, resumed_from=step, round=first_round)
+    for r in range(first_round, rounds):
         losses = []
         if train and not out_of_time:
             net.train()
@@ -186,6 +204,11 @@ def iter_train_siamese(images: np.ndarray, k: int, labels: np.ndarray, params: S
         labels = new
         if agreement > params.stop_ari or out_of_time:
             break
+        if checkpoint is not None and train and ctx.is_main and checkpoint.due():
+            checkpoint.save({"encoder": cpu_state(model_net.state_dict()), "optimizer": cpu_state(optimiser.state_dict()),
+                             "round": r + 1, "step": step, "history": list(history),
+                             "labels": torch.as_tensor(np.asarray(labels, np.int64)), "elapsed": clock.elapsed,
+                             "rng": rng_state(numpy_rng=rng, generator=gen)})
     if train:
         yield clock.event(total, total=total)
     state = {"encoder": {key: v.detach().cpu() for key, v in model_net.state_dict().items()}}
