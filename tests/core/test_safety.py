@@ -210,6 +210,11 @@ def test_writes_onto_a_full_disk_exit_2_and_leave_nothing(small_disk, tmp_path, 
         assert rc == 2 and out in err and "free" in err
     with pytest.raises(CryodenOutputError, match="no space left"):
         write_mrc(small_disk / "w.mrc", vol, voxel_size=2.0)  # mrcfile's own write path
+    with pytest.raises(CryodenOutputError, match="no space left"):  # starfile's (pandas') write path
+        import pandas as pd
+
+        rows = pd.DataFrame({"rlnImageName": [f"{i:06d}@{'x' * 200}.mrcs" for i in range(1, 20_000)]})
+        write_star(small_disk / "p.star", ParticleTable(rows, make_optics_table(pixel_size=1.0, image_size=8)))
     with pytest.raises(CryodenOutputError, match="no space left"):
         from napari_cryoden.models import ModelFile, save_model
 
