@@ -366,3 +366,55 @@ def test_a_siamese_training_resumes_from_its_last_round(tmp_path):
     result = run(iter_train_siamese(images, 2, labels, params, checkpoint=ckpt, resume=True), events.append)
     assert events[0].info["resumed_from"] == 4 and events[0].info["round"] == 1
     assert [h["round"] for h in result.history] == [1, 2, 3]  # round 1 from the checkpoint, 2-3 trained now
+
+
+# --------------------------------------------------------------------- bad inputs through the commands
+def _star_text(optics: str, particles: str) -> str:
+    return f"data_optics\n\nloop_\n{optics}\n\ndata_particles\n\nloop_\n{particles}\n"
+
+
+@pytest.mark.parametrize("case", ["nan pixel", "inf pixel", "magnification 0", "empty table", "index past end"])
+def test_bad_star_files_exit_2_naming_the_file_and_change_nothing(particles, capsys, tmp_path, case):
+    star = particles / "bad.star"
+    if case in ("nan pixel", "inf pixel"):
+        value = "nan" if case == "nan pixel" else "inf"
+        star.write_text(_star_text("_rlnOpticsGroup #1\n_rlnImagePixelSize #2\n_rlnImageSize #3\n"
+                                   f"_rlnImageDimensionality #4\n1 {value} 32 2",
+                                   "_rlnImageName #1\n_rlnOpticsGroup #2\n" +
+                                   "\n".join(f"{i:06d}@stack.mrcs 1" for i in range(1, 25))))
+    elif case == "magnification 0":  # RELION 3.0: no optics table, pixel size from detector pixel / magnification
+        star.write_text("data_\n\nloop_\n_rlnImageName #1\n_rlnDetectorPixelSize #2\n_rlnMagnification #3\n" +
+                        "\n".join(f"{i:06d}@stack.mrcs 5.0 0" for i in range(1, 25)) + "\n")
+    elif case == "empty table":
+        star.write_text(_star_text("_rlnOpticsGroup #1\n_rlnImagePixelSize #2\n1 2.0", "_rlnImageName #1\n"))
+    else:
+        star.write_text(_star_text("_rlnOpticsGroup #1\n_rlnImagePixelSize #2\n1 2.0",
+                                   "_rlnImageName #1\n000001@stack.mrcs\n000099@stack.mrcs"))
+    before = snapshot(tmp_path)
+    rc, out, err = run(capsys, "align", star, "-o", tmp_path / "out.star", "--max-shift", "2", "--device", "cpu")
+    assert rc == 2, (out, err)
+    assert "bad.star" in err and "Traceback" not in err
+    assert snapshot(tmp_path) == before
+
+
+def test_compressed_maps_from_emdb_open_in_the_cli(tmp_path, capsys):
+    import bz2
+    import gzip
+
+    vol = np.random.default_rng(6).standard_normal((8, 16, 16)).astype(np.float32)
+    write_mrc(tmp_path / "emd_1.map", vol, voxel_size=1.7)
+    raw = (tmp_path / "emd_1.map").read_bytes()
+    (tmp_path / "emd_1.map").unlink()
+    (tmp_path / "emd_1.map.gz").write_bytes(gzip.compress(raw))
+    (tmp_path / "emd_2.map.bz2").write_bytes(bz2.compress(raw))
+    for name in ("emd_1.map.gz", "emd_2.map.bz2"):
+        rc, out, err = run(capsys, "info", tmp_path / name)
+        assert rc == 0, err
+        assert "1.7" in out
+    rc, _, err = run(capsys, "denoise", tmp_path / "emd_1.map.gz", "-o", tmp_path / "den.mrc", "--method", "gaussian")
+    assert rc == 0, err
+    den = read_mrc(tmp_path / "den.mrc")
+    assert den.data.shape == vol.shape and den.voxel_size == pytest.approx((1.7, 1.7, 1.7))
+    (tmp_path / "cut.map.gz").write_bytes(gzip.compress(raw)[:-200])  # a download cut short
+    rc, _, err = run(capsys, "info", tmp_path / "cut.map.gz")
+    assert rc == 2 and "cut.map.gz" in err and "truncated" in err
