@@ -146,6 +146,37 @@ def test_open_committed_map_without_shared(make_napari_viewer, test_data):
     assert layer.metadata["voxel_size_from_header"] is True
 
 
+@pytest.mark.parametrize("suffix", [".map.gz", ".map.bz2"])
+def test_open_compressed_map_with_its_scale(make_napari_viewer, tmp_path, test_data, suffix):
+    """EMDB's emd_NNNN.map.gz opens like the .map: same data, the header's voxel size as scale, named emd_3197."""
+    import bz2
+    import gzip
+
+    raw = (test_data / "emd_3197.map").read_bytes()
+    path = tmp_path / f"emd_3197{suffix}"
+    path.write_bytes(gzip.compress(raw) if suffix.endswith(".gz") else bz2.compress(raw))
+    viewer = make_napari_viewer()
+    viewer.open(path, plugin=PLUGIN)
+    assert len(viewer.layers) == 1
+    layer = viewer.layers[0]
+    assert layer.name == "emd_3197"
+    np.testing.assert_allclose(layer.scale, (11.4,) * 3, rtol=1e-6)
+    assert Path(layer.metadata["path"]) == path
+    np.testing.assert_array_equal(np.asarray(layer.data), np.asarray(read_mrc(test_data / "emd_3197.map").data))
+
+
+def test_manifest_offers_the_reader_for_compressed_maps(tmp_path):
+    from npe2 import PluginManager
+
+    from napari_cryoden._plugin.reader import get_reader, read_paths
+
+    for name in ("emd_1832.map.gz", "parts.mrcs.bz2", "x.MAP.GZ", "x.mrc"):
+        readers = [r.command for r in PluginManager.instance().iter_compatible_readers([str(tmp_path / name)])]
+        assert "napari-cryoden.get_reader" in readers, (name, readers)
+        assert get_reader(str(tmp_path / name)) is read_paths
+    assert get_reader(str(tmp_path / "archive.tar.gz")) is None
+
+
 def test_open_written_star_and_stack(make_napari_viewer, tmp_path, rng):
     """A STAR written by the package opens with its pixel size and a points layer per particle."""
     stack = rng.standard_normal((6, 16, 16)).astype(np.float32)
@@ -311,7 +342,37 @@ def _star_garbage(folder: Path, rng) -> tuple[Path, str]:
     return path, "nonsense.star"
 
 
+def _truncated_gz(folder: Path, rng) -> tuple[Path, str]:
+    import gzip
+
+    plain = write_mrc(folder / "cut.map", rng.standard_normal((10, 32, 32)).astype(np.float32), voxel_size=2.0)
+    blob = gzip.compress(plain.read_bytes())
+    plain.unlink()
+    path = folder / "cut.map.gz"
+    path.write_bytes(blob[: len(blob) // 2])
+    return path, "truncated"
+
+
+def _nan_voxel_size(folder: Path, rng) -> tuple[Path, str]:
+    path = folder / "nan.mrc"
+    with mrcfile.new(path) as mrc:
+        mrc.set_data(rng.standard_normal((4, 8, 8)).astype(np.float32))
+        mrc.header.cella = (np.nan, 8.0, 8.0)
+    return path, "NaN or Inf"
+
+
+def _star_nan_pixel_size(folder: Path, rng) -> tuple[Path, str]:
+    write_mrc(folder / "p.mrcs", rng.standard_normal((2, 16, 16)).astype(np.float32), voxel_size=1.5, is_stack=True)
+    path = folder / "nan_pixel.star"
+    path.write_text("data_optics\nloop_\n_rlnOpticsGroup #1\n_rlnImagePixelSize #2\n1 nan\n\n"
+                    "data_particles\nloop_\n_rlnImageName #1\n_rlnOpticsGroup #2\n000001@p.mrcs 1\n")
+    return path, "rlnImagePixelSize is nan"
+
+
 BAD_INPUTS = {
+    "truncated-map-gz": _truncated_gz,
+    "nan-voxel-size": _nan_voxel_size,
+    "star-nan-pixel-size": _star_nan_pixel_size,
     "truncated-mrc": _truncated_mrc,
     "garbage-mrc": _garbage_file,
     "tiny-file": _tiny_file,

@@ -1,4 +1,5 @@
-"""npe2 reader: MRC-family files and RELION STAR particle tables.
+"""npe2 reader: MRC-family files (also gzip/bzip2-compressed, e.g. EMDB's ``emd_1832.map.gz``) and RELION STAR
+particle tables.
 
 Bad files never crash the viewer: the problem is shown as a notification naming the file, and no layer is
 added.
@@ -13,7 +14,7 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import CryodenInputError
-from ..io.mrc import MRC_SUFFIXES, ZeroVoxelSizeWarning, read_mrc
+from ..io.mrc import MRC_SUFFIXES, ZeroVoxelSizeWarning, is_mrc_path, mrc_stem, read_mrc
 from ..io.star import parse_image_names, read_particle_images, read_star, resolve_stack_path
 from .layers import image_layer, particle_points_layer
 from .notify import notify_error, notify_warning
@@ -22,10 +23,14 @@ log = logging.getLogger(__name__)
 SUFFIXES = (*MRC_SUFFIXES, ".star")
 
 
+def _readable_name(path) -> bool:
+    return is_mrc_path(path) or Path(path).suffix.lower() == ".star"
+
+
 def get_reader(path):
-    """Return :func:`read_paths` when every path has a suffix we read, else None."""
+    """Return :func:`read_paths` when every path has a suffix we read (``.map.gz`` etc. included), else None."""
     paths = [path] if isinstance(path, str | Path) else list(path)
-    if paths and all(Path(p).suffix.lower() in SUFFIXES for p in paths):
+    if paths and all(_readable_name(p) for p in paths):
         return read_paths
     return None
 
@@ -52,8 +57,13 @@ def read_file(path) -> list:
         mrc = read_mrc(path)
     for w in caught:
         notify_warning(str(w.message))
+    if np.iscomplexobj(mrc.data):
+        raise CryodenInputError(path, f"holds complex values (MRC mode {mrc.header.get('mode')}), which napari "
+                                      "cannot display")
     meta = mrc.metadata()
-    return [image_layer(mrc.data, name=path.stem, voxel_size=mrc.voxel_size, is_stack=mrc.is_stack, metadata=meta)]
+    # mrc_stem: "emd_1832.map.gz" is layer "emd_1832", as "emd_1832.map" is.
+    return [image_layer(mrc.data, name=mrc_stem(path), voxel_size=mrc.voxel_size, is_stack=mrc.is_stack,
+                        metadata=meta)]
 
 
 def read_star_layers(path: Path) -> list:

@@ -18,7 +18,14 @@ import numpy as np
 import pandas as pd
 
 from ..errors import CryodenInputError
-from .star import ParticleTable, make_optics_table, parse_image_names, resolve_stack_path
+from .star import (
+    ParticleTable,
+    _check_image_names,
+    _exists,
+    make_optics_table,
+    parse_image_names,
+    resolve_stack_path,
+)
 
 #: Xmipp label -> RELION label for the columns we carry over.
 XMIPP_TO_RELION = {
@@ -32,9 +39,13 @@ XMIPP_TO_RELION = {
 def _parse_blocks(path: Path) -> list[pd.DataFrame]:
     """Every ``data_`` block of the file as a DataFrame (a ``loop_`` table or one row of pairs)."""
     try:
-        lines = path.read_text(errors="replace").splitlines()
+        text = path.read_text(errors="replace")
     except OSError as exc:
         raise CryodenInputError(path, f"cannot be read ({exc.strerror})") from exc
+    if "\x00" in text:
+        raise CryodenInputError(path, "not an Xmipp metadata file (it holds binary data)")
+    # Only the line ends Python's text mode knows: str.splitlines would also break at form feeds etc.
+    lines = text.split("\n")
     blocks: list[pd.DataFrame] = []
     labels: list[str] = []
     rows: list[list[str]] = []
@@ -43,6 +54,9 @@ def _parse_blocks(path: Path) -> list[pd.DataFrame]:
 
     def flush():
         nonlocal labels, rows, pairs, in_loop
+        twice = sorted({label for label in labels if labels.count(label) > 1})
+        if twice:
+            raise CryodenInputError(path, f"a loop_ lists the label _{twice[0]} twice")
         if labels and rows:
             blocks.append(pd.DataFrame(rows, columns=labels))
         elif pairs:
@@ -96,12 +110,18 @@ def read_xmd(path: str | os.PathLike) -> ParticleTable:
     for column in particles.columns:
         if column != "rlnImageName":
             particles[column] = pd.to_numeric(particles[column], errors="coerce")
+    names = particles["rlnImageName"].astype(str)
+    empty = names.str.strip().eq("").to_numpy()
+    if empty.any():
+        raise CryodenInputError(path, f"particle {int(np.flatnonzero(empty)[0]) + 1} has an empty _image")
+    particles["rlnImageName"] = names
+    _check_image_names(path, names, "the particle list")
     particles["rlnOpticsGroup"] = 1
     pixel = float(pd.to_numeric(raw["samplingRate"], errors="coerce").iloc[0]) if "samplingRate" in raw else 0.0
     stacks, _ = parse_image_names([particles["rlnImageName"].iloc[0]], star_path=path)
     box = 0
     stack_path = resolve_stack_path(stacks[0], path)
-    if stack_path.exists():
+    if _exists(stack_path):
         from .mrc import read_mrc
 
         try:
