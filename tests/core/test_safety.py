@@ -418,3 +418,15 @@ def test_compressed_maps_from_emdb_open_in_the_cli(tmp_path, capsys):
     (tmp_path / "cut.map.gz").write_bytes(gzip.compress(raw)[:-200])  # a download cut short
     rc, _, err = run(capsys, "info", tmp_path / "cut.map.gz")
     assert rc == 2 and "cut.map.gz" in err and "truncated" in err
+
+
+def test_a_batch_lists_compressed_maps_and_names_outputs_uncompressed(tmp_path, capsys):
+    import gzip
+
+    write_mrc(tmp_path / "emd_1.map", np.ones((4, 8, 8), np.float32), voxel_size=1.0)
+    (tmp_path / "emd_1.map.gz").write_bytes(gzip.compress((tmp_path / "emd_1.map").read_bytes()))
+    (tmp_path / "emd_1.map").rename(tmp_path / "emd_2.map")
+    out = tmp_path / "out"
+    rc, _, err = run(capsys, "denoise", tmp_path, "-o", out, "--method", "gaussian")
+    assert rc == 0, err
+    assert sorted(p.name for p in out.iterdir()) == ["emd_1_denoised.map", "emd_2_denoised.map"]

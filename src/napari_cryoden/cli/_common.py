@@ -165,8 +165,10 @@ def expand_particle_inputs(items) -> list[Path]:
 
     def folder(p: Path) -> list[Path]:
         files = sorted(q for q in p.iterdir() if q.is_file())
-        for suffixes in PARTICLE_SUFFIXES:
-            found = [q for q in files if q.suffix.lower() in suffixes]
+        from ..io.mrc import mrc_suffix
+
+        for suffixes in PARTICLE_SUFFIXES:  # .mrcs.gz counts as .mrcs
+            found = [q for q in files if (mrc_suffix(q) or q.suffix).lower() in suffixes]
             if found:
                 return found
         return []
@@ -224,8 +226,10 @@ def run_batch(args, single, inputs: list[Path], *, suffix: str, single_outputs: 
     outdir = Path(args.output)
     if outdir.exists() and not outdir.is_dir():
         raise CryodenOutputError(outdir, "several inputs need an output folder, and this is a file")
-    inputs = drop_own_outputs(inputs, outdir, lambda p: f"{p.stem}{suffix}")
-    outputs = [outdir / f"{p.stem}{suffix}" for p in inputs]
+    from ..io.mrc import mrc_stem
+
+    inputs = drop_own_outputs(inputs, outdir, lambda p: f"{mrc_stem(p)}{suffix}")
+    outputs = [outdir / f"{mrc_stem(p)}{suffix}" for p in inputs]
     if len(set(outputs)) != len(outputs):
         raise CryodenInputError(None, "two inputs have the same file name; run them into different folders")
     missing = [p for p in inputs if not p.exists()]

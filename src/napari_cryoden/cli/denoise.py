@@ -13,7 +13,7 @@ import logging
 from pathlib import Path
 
 from ..errors import CryodenInputError, CryodenOutputError, require_finite
-from ..io.mrc import MRC_SUFFIXES, MrcWriter, read_mrc
+from ..io.mrc import MrcWriter, is_mrc_path, mrc_stem, mrc_suffix, read_mrc
 from ._common import add_checkpoint_args, announce_resume, check_outputs, checkpointer, drop_own_outputs, expand_paths
 
 log = logging.getLogger(__name__)
@@ -59,8 +59,14 @@ def expand_inputs(items: list[str]) -> list[Path]:
             paths += star_file_list(p)
         else:
             paths += expand_paths([item], what=".mrc/.mrcs/.map/.rec/.st files", folder=lambda d: sorted(
-                q for q in d.iterdir() if q.suffix.lower() in MRC_SUFFIXES and q.is_file()))
+                q for q in d.iterdir() if is_mrc_path(q) and q.is_file()))
     return list(dict.fromkeys(paths))
+
+
+def denoised_name(path: Path) -> str:
+    """``STEM_denoised.SUFFIX`` for a batch output; outputs are never compressed (``emd_1.map.gz`` gives
+    ``emd_1_denoised.map``)."""
+    return f"{mrc_stem(path)}_denoised{mrc_suffix(path)}"
 
 
 def output_paths(inputs: list[Path], output: str) -> list[Path]:
@@ -71,7 +77,7 @@ def output_paths(inputs: list[Path], output: str) -> list[Path]:
     if out.exists() and not out.is_dir():
         raise CryodenOutputError(out, "several inputs need an output folder, and this is a file")
     out.mkdir(parents=True, exist_ok=True)
-    names = [out / f"{p.stem}_denoised{p.suffix}" for p in inputs]
+    names = [out / denoised_name(p) for p in inputs]
     if len(set(names)) != len(names):
         raise CryodenInputError(None, "two inputs have the same file name; denoise them into different folders")
     return names
@@ -131,7 +137,7 @@ def cmd_denoise(args) -> int:
     inputs = expand_inputs(args.inputs)
     batch = len(inputs) > 1 or Path(args.output).is_dir()
     if batch:
-        inputs = drop_own_outputs(inputs, Path(args.output), lambda p: f"{p.stem}_denoised{p.suffix}")
+        inputs = drop_own_outputs(inputs, Path(args.output), denoised_name)
     outputs = output_paths(inputs, args.output)
     listed = [p for p in args.inputs if Path(p).is_file()]  # STAR lists are read too
     protected = check_outputs([*outputs, args.save_model],

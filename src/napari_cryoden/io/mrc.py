@@ -582,6 +582,12 @@ def _as_voxel_triplet(voxel_size, ndim: int) -> tuple[float, float, float]:
     return (vs[2], vs[1], vs[0])
 
 
+def _refuse_compressed_output(path) -> None:
+    if compression_suffix(path):
+        raise CryodenOutputError(path, "MRC files are written uncompressed; give a name without "
+                                       f"{compression_suffix(path)}")
+
+
 def write_mrc(path: str | os.PathLike, data: np.ndarray, *, voxel_size: float | Sequence[float],
               is_stack: bool = False, origin: Sequence[float] | None = None,
               labels: Sequence[str] = (), inputs: Iterable[str | os.PathLike] = (),
@@ -620,6 +626,7 @@ def write_mrc(path: str | os.PathLike, data: np.ndarray, *, voxel_size: float | 
         arr = arr.astype(np.float32)
     if arr.ndim not in (2, 3):
         raise CryodenOutputError(path, f"can only write 2D or 3D arrays, got shape {arr.shape}")
+    _refuse_compressed_output(path)
     vox = _as_voxel_triplet(voxel_size, arr.ndim)
     if any(v <= 0 or not np.isfinite(v) for v in vox):
         raise CryodenOutputError(path, f"voxel size must be positive, got {voxel_size!r}")
@@ -648,6 +655,7 @@ class MrcWriter:
     def __init__(self, path: str | os.PathLike, shape: Sequence[int], *, voxel_size, dtype=np.float32,
                  is_stack: bool = False, origin: Sequence[float] | None = None, labels: Sequence[str] = (),
                  inputs: Iterable[str | os.PathLike] = (), overwrite: bool = True):
+        _refuse_compressed_output(path)
         self._atomic = AtomicOutput(path, inputs=inputs, overwrite=overwrite)
         self.origin = origin
         self.labels = list(labels)
