@@ -9,7 +9,7 @@ cd "$(dirname "$0")/.."
 VENV=${VENV:-.venv}
 PYTHON=${PYTHON:-python3}
 TORCH_SPEC=${TORCH_SPEC:-torch==2.13.0}
-EXTRAS=${EXTRAS:-pyqt6,testing}
+EXTRAS=${EXTRAS:-napari,pyqt6,testing}
 
 need_apt=()
 command -v Xvfb >/dev/null 2>&1 || need_apt+=(xvfb)
