@@ -7,10 +7,14 @@
 * Starting a new job cancels the running one; events and results of a superseded job are dropped.
 * Errors become napari notifications (one line for input errors), never tracebacks in a dialog.
 * When a job ends (done, failed or cancelled) the cached GPU memory is released.
+* The runner owns the job's :class:`JobState` (idle → running → done / failed / cancelled) and tells its
+  listeners (:meth:`JobRunner.on_state`) of every change; the progress row follows it, so no widget writes
+  the row's end state itself.
 """
 
 from __future__ import annotations
 
+import enum
 import logging
 from collections.abc import Callable, Generator
 
@@ -32,8 +36,18 @@ def release_gpu_memory() -> None:
         torch.cuda.empty_cache()
 
 
+class JobState(enum.Enum):
+    """Where a widget's job stands."""
+
+    IDLE = "idle"
+    RUNNING = "running"
+    DONE = "done"
+    FAILED = "failed"
+    CANCELLED = "cancelled"
+
+
 class JobRunner:
-    """Runs at most one job at a time for a widget."""
+    """Runs at most one job at a time for a widget, and owns its :class:`JobState`."""
 
     def __init__(self, *, on_event: Callable | None = None, on_done: Callable | None = None,
                  on_finished: Callable | None = None):
@@ -41,24 +55,41 @@ class JobRunner:
         self.worker: GeneratorWorker | None = None
         self._token = 0
         self.last_error: BaseException | None = None
+        self.state = JobState.IDLE
+        self._name = "job"
+        self._listeners: list[Callable[[JobState, str], None]] = []
+
+    def on_state(self, listener: Callable[[JobState, str], None]) -> None:
+        """Call ``listener(state, text)`` on every change of state (``text``: the job's first words)."""
+        self._listeners.append(listener)
+
+    def _set_state(self, state: JobState, text: str = "") -> None:
+        self.state = state
+        for listener in list(self._listeners):
+            listener(state, text)
 
     @property
     def running(self) -> bool:
         return self.worker is not None and self.worker.is_running
 
-    def start(self, job: Callable[[], Generator], *, name: str = "job",
-              on_done: Callable | None = None) -> GeneratorWorker:
-        """Run ``job()`` (a function returning a progress generator) in a worker thread."""
+    def start(self, job: Callable[[], Generator], *, name: str = "job", on_done: Callable | None = None,
+              stage: str = "preparing") -> GeneratorWorker:
+        """Run ``job()`` (a function returning a progress generator) in a worker thread; ``stage`` is what the
+        progress row says until the first event arrives."""
         self.cancel()
         self._token += 1
         token = self._token
         self.last_error = None
+        self._name = name
+        self._set_state(JobState.RUNNING, stage)
 
         def wrapped():
             result = yield from job()
             return result
 
-        worker = create_worker(wrapped, _start_thread=False)
+        # _ignore_errors: our errored handler notifies; without it the error is also re-raised on the main
+        # thread, where napari shows a traceback dialog.
+        worker = create_worker(wrapped, _start_thread=False, _ignore_errors=True)
         done = on_done or self.on_done
 
         def _event(ev):
@@ -66,18 +97,31 @@ class JobRunner:
                 self.on_event(ev)
 
         def _returned(result):
-            if token == self._token and done is not None:
-                done(result)
+            if token != self._token:
+                return
+            try:
+                if done is not None:
+                    done(result)  # layers are made here, on the main thread
+            except Exception as exc:  # a result that cannot be shown must not take the viewer down
+                log.exception("showing the result of %s failed", name)
+                self.last_error = exc
+                notify_error(exc)
+                self._set_state(JobState.FAILED)
+                return
+            self._set_state(JobState.DONE)
 
         def _errored(exc):
             if token == self._token:
                 self.last_error = exc
                 notify_error(exc)
+                self._set_state(JobState.FAILED)
 
         def _finished():
             release_gpu_memory()  # also after an error or a Cancel: the job's tensors are gone now
             if token == self._token:
                 self.worker = None
+                if self.state is JobState.RUNNING:  # stopped without a result or an error
+                    self._set_state(JobState.CANCELLED)
                 if self.on_finished is not None:
                     self.on_finished()
 
@@ -101,6 +145,8 @@ class JobRunner:
             self._token += 1  # anything the old job still emits is ignored
             worker.quit()
             self.worker = None
+            notify_info(f"{self._name} cancelled")
+            self._set_state(JobState.CANCELLED)
             if self.on_finished is not None:
                 self.on_finished()
 

@@ -5,12 +5,19 @@ from .noise import add_noise, measure_snr, noise_std_for_snr
 from .particles import (
     SimulatedParticles,
     circular_mask,
+    iter_simulate_particles,
     random_views,
     simulate_alignment_stack,
     simulate_particles,
 )
 from .projection import project_map, resample_map
-from .tomogram import TomogramPhantom, apply_missing_wedge, missing_wedge_mask, simulate_tomogram
+from .tomogram import (
+    TomogramPhantom,
+    apply_missing_wedge,
+    iter_simulate_tomogram,
+    missing_wedge_mask,
+    simulate_tomogram,
+)
 
 __all__ = [
     "CTFParams",
@@ -22,6 +29,8 @@ __all__ = [
     "circular_mask",
     "ctf_2d",
     "electron_wavelength",
+    "iter_simulate_particles",
+    "iter_simulate_tomogram",
     "measure_snr",
     "missing_wedge_mask",
     "noise_std_for_snr",

@@ -19,6 +19,7 @@ import pandas as pd
 from ..align.transforms import transform_images
 from ..io.mrc import write_mrc
 from ..io.star import ParticleTable, make_optics_table, write_star
+from ..progress import StageClock
 from .ctf import CTFParams, ctf_2d
 from .noise import add_noise
 from .projection import project_map, resample_map
@@ -161,14 +162,22 @@ def _balanced_classes(n: int, k: int, rng: np.random.Generator) -> np.ndarray:
     return rng.permutation(np.arange(n) % k)
 
 
-def simulate_particles(maps: np.ndarray | Sequence[np.ndarray], *, voxel_size: float | Sequence[float],
+def simulate_particles(maps, **kwargs) -> SimulatedParticles:
+    """Synchronous :func:`iter_simulate_particles` (same arguments)."""
+    from ..progress import run
+
+    return run(iter_simulate_particles(maps, **kwargs))
+
+
+def iter_simulate_particles(maps: np.ndarray | Sequence[np.ndarray], *, voxel_size: float | Sequence[float],
                        n_particles: int = 200, box: int = 64, pixel_size: float | None = None,
                        class_views: Sequence[tuple[float, float]] | None = None, rotate: bool = True,
                        max_shift: float = 5.0, integer_shifts: bool = False, ctf: CTFParams | None = None,
                        ctf_mode: str = "none", defocus_range: tuple[float, float] = (10000.0, 25000.0),
                        snr: float | None = 0.1, mask_radius: float | None = None,
-                       seed: int = 0, on_projected=None) -> SimulatedParticles:
-    """Simulate a particle stack by projecting one or more 3D maps.
+                       seed: int = 0, on_projected=None, chunk: int = 256):
+    """Simulate a particle stack by projecting one or more 3D maps; yields a progress event after every
+    ``chunk`` random-view projections (the slow part; a Cancel stops there) and returns the stack.
 
     Parameters
     ----------
@@ -202,6 +211,7 @@ def simulate_particles(maps: np.ndarray | Sequence[np.ndarray], *, voxel_size: f
     SimulatedParticles
     """
     rng = np.random.default_rng(seed)
+    clock = StageClock("simulate", n_particles)
     map_list = [np.asarray(maps)] if isinstance(maps, np.ndarray) and np.ndim(maps) == 3 else [np.asarray(m) for m in maps]
     vox = [float(voxel_size)] * len(map_list) if np.isscalar(voxel_size) else [float(v) for v in voxel_size]
     if len(vox) != len(map_list):
@@ -220,11 +230,15 @@ def simulate_particles(maps: np.ndarray | Sequence[np.ndarray], *, voxel_size: f
         rot, tilt = random_views(n_particles, rng)
         views = np.stack([rot, tilt], axis=1)
         per_particle = np.empty((n_particles, box, box), dtype=np.float32)
+        done = 0
         for c, vol in enumerate(volumes):
             sel = np.flatnonzero(classes == c)
-            if sel.size:
-                per_particle[sel] = project_map(vol, rot=rot[sel], tilt=tilt[sel], psi=np.zeros(sel.size),
-                                                on_batch=on_projected)
+            for start in range(0, sel.size, chunk):
+                part = sel[start:start + chunk]
+                per_particle[part] = project_map(vol, rot=rot[part], tilt=tilt[part], psi=np.zeros(part.size),
+                                                 on_batch=on_projected)
+                done += part.size
+                yield clock.event(done)
         # The class reference is the map's projection along z (the per-particle views differ).
         references = np.stack([project_map(v, rot=0.0, tilt=0.0, psi=0.0)[0] for v in volumes])
 
@@ -232,6 +246,7 @@ def simulate_particles(maps: np.ndarray | Sequence[np.ndarray], *, voxel_size: f
     references = references / scale
     if per_particle is not None:
         per_particle /= scale
+    yield clock.event(n_particles)
     return _finish(references, classes, views, pixel_size=pixel_size, rng=rng, rotate=rotate,
                    max_shift=max_shift, integer_shifts=integer_shifts, ctf=ctf, ctf_mode=ctf_mode,
                    defocus_range=defocus_range, snr=snr, mask_radius=mask_radius,

@@ -42,6 +42,7 @@ from scipy.special import erfc
 from napari_cryoden.errors import CryodenInputError, require_finite, require_ndim
 from napari_cryoden.io.mrc import write_mrc
 from napari_cryoden.io.outputs import AtomicOutput
+from napari_cryoden.progress import StageClock
 from napari_cryoden.simulate.noise import NOISE_COLOURS, add_noise, noise_std_for_snr
 
 logger = logging.getLogger(__name__)
@@ -525,7 +526,14 @@ def _check_count(value, name: str) -> int:
     return int(value)
 
 
-def simulate_tomogram(
+def simulate_tomogram(**kwargs) -> TomogramPhantom:
+    """Synchronous :func:`iter_simulate_tomogram` (same keyword arguments)."""
+    from ..progress import run
+
+    return run(iter_simulate_tomogram(**kwargs))
+
+
+def iter_simulate_tomogram(
     *,
     shape: tuple[int, int, int] = (64, 128, 128),
     voxel_size: float = 10.0,
@@ -541,7 +549,8 @@ def simulate_tomogram(
     halves: bool = False,
     seed: int | None = 0,
 ) -> TomogramPhantom:
-    """Simulate a noisy tomogram of vesicles, filaments and macromolecules, with its ground truth.
+    """Simulate a noisy tomogram of vesicles, filaments and macromolecules, with its ground truth; yields a
+    progress event after each of its four stages (so a widget can cancel it) and returns the phantom.
 
     Parameters
     ----------
@@ -614,6 +623,9 @@ def simulate_tomogram(
 
     rng_vesicles, rng_filaments, rng_particles, rng_noise = (
         np.random.default_rng(s) for s in np.random.SeedSequence(seed).spawn(4))
+    # Stages, each ending in a yield: a Cancel stops the simulation at the next one.
+    clock = StageClock("simulate", 4)
+    yield clock.event(0, part="placing")
 
     vesicles = _place_vesicles(shape, n_vesicles, voxel_size, rng_vesicles)
     filaments = _place_filaments(shape, n_filaments, voxel_size, vesicles, rng_filaments)
@@ -625,6 +637,7 @@ def simulate_tomogram(
                                    rng_particles)
     rotations = Rotation.random(len(centres), rng=rng_particles) if len(centres) else None
 
+    yield clock.event(1, part="rendering")
     phantom = np.zeros(shape, dtype=np.float32)
     _render_vesicles(phantom, vesicles, voxel_size)
     _render_filaments(phantom, filaments)
@@ -636,7 +649,9 @@ def simulate_tomogram(
                                       "the SNR is undefined")
     phantom /= np.float32(peak)
 
+    yield clock.event(2, part="missing wedge")
     clean = phantom if missing_wedge is None else apply_missing_wedge(phantom, float(missing_wedge))
+    yield clock.event(3, part="noise")
     sigma = noise_std_for_snr(clean, snr)
     if halves:
         # Each half carries twice the noise variance (SNR / 2); their mean has variance sigma^2.
@@ -659,6 +674,7 @@ def simulate_tomogram(
     })
     if clean is phantom:
         clean = phantom.copy()
+    yield clock.event(4)
     return TomogramPhantom(
         noisy=noisy, clean=clean, phantom=phantom, even=even, odd=odd, voxel_size=voxel_size, snr=float(snr),
         particles=particles, vesicles=vesicles, filaments=_filaments_table(filaments),

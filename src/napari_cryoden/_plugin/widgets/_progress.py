@@ -1,4 +1,6 @@
-"""The progress row every widget shows: bar, ETA / loss text and a Cancel button."""
+"""The progress row every widget shows: bar, ETA / loss text and a Cancel button. It follows a
+:class:`~napari_cryoden._plugin.jobs.JobRunner` (:meth:`ProgressRow.follow`): the runner's events move the bar,
+its state sets the row's start and end ("done", "failed", "cancelled"), and Cancel cancels its job."""
 
 from __future__ import annotations
 
@@ -35,6 +37,20 @@ class ProgressRow(QWidget):
         layout.addWidget(self.label, 2)
         layout.addWidget(self.cancel_button)
 
+    def follow(self, runner) -> None:
+        """Show ``runner``'s jobs: its state changes start and end the row, Cancel stops its job. Events reach
+        the row through :meth:`update` (the widget passes them on, as it may also plot them)."""
+        from ..jobs import JobState
+
+        def changed(state, text):
+            if state is JobState.RUNNING:
+                self.start(text or "preparing")
+            elif state is not JobState.IDLE:
+                self.finish(state.value)
+
+        runner.on_state(changed)
+        self.cancel_button.clicked.connect(runner.cancel)
+
     def start(self, text: str = "starting") -> None:
         self.bar.setValue(0)
         self.bar.setFormat(text)
@@ -58,4 +74,5 @@ class ProgressRow(QWidget):
         self.bar.setRange(0, 1000)
         self.bar.setValue(1000 if text == "done" else self.bar.value())
         self.bar.setFormat(text)
+        self.label.setText("")  # no stale "ETA 57s" after the end
         self.cancel_button.setEnabled(False)

@@ -78,7 +78,7 @@ class AlignWidget(Container):
         self.progress = ProgressRow()
         self.native.layout().addWidget(self.progress)
         self.runner = JobRunner(on_event=self.progress.update)
-        self.progress.cancel_button.clicked.connect(self.runner.cancel)
+        self.progress.follow(self.runner)
         self.button.changed.connect(self.run)
         self.export_button.changed.connect(self._export)
         self.save_button.changed.connect(self._save_model)
@@ -136,8 +136,8 @@ class AlignWidget(Container):
         if method != "fft":
             meta["deep_params"] = as_dict(deep)
             meta["trained_here"] = train
-        self.progress.start("training" if train else "aligning")
-        self.runner.start(job, name=f"alignment of {layer.name}", on_done=lambda r: self._done(r, layer, meta))
+        self.runner.start(job, name=f"alignment of {layer.name}", on_done=lambda r: self._done(r, layer, meta),
+                          stage="training" if train else "aligning")
 
     def _done(self, out, layer, meta):
         model, result = out
@@ -172,7 +172,6 @@ class AlignWidget(Container):
                                          "text": {"string": "psi {psi:.1f}°  score {score:.2f}", "color": "cyan",
                                                   "size": 10}}, "points"))
         self.export_button.enabled = True
-        self.progress.finish("done")
 
     # ------------------------------------------------------------------------------------- models
     def _save_model(self, *_):

@@ -163,8 +163,8 @@ class ClusterWidget(Container):
         self.plot = EmbeddingPlot(on_pick=self.go_to_particle)
         self.native.layout().addWidget(self.progress)
         self.native.layout().addWidget(self.plot)
-        self.runner = JobRunner(on_event=self.progress.update, on_finished=self._on_finished)
-        self.progress.cancel_button.clicked.connect(self.runner.cancel)
+        self.runner = JobRunner(on_event=self.progress.update)
+        self.progress.follow(self.runner)
         self._saved_params = dict(state.get("params", {}))
         self.method.changed.connect(self._method_changed)
         self.button.changed.connect(self.run)
@@ -212,9 +212,8 @@ class ClusterWidget(Container):
             return result
 
         meta = {"method": method, "classes": k, "params": as_dict(params), "source": layer.name}
-        self.runner.cancel()  # before the progress row is reset, so the old run's "cancelled" does not land on it
-        self.progress.start("clustering")
-        self.runner.start(job, name=f"clustering of {layer.name}", on_done=lambda r: self._done(r, layer, meta))
+        self.runner.start(job, name=f"clustering of {layer.name}", on_done=lambda r: self._done(r, layer, meta),
+                          stage="clustering")
 
     def _done(self, result, layer, meta):
         self.result, self.source_layer = result, layer
@@ -257,18 +256,11 @@ class ClusterWidget(Container):
         self.plot.set_data(result.embedding, result.labels, colors)
         self._set_result_enabled(True)
         self.viewer.layers.selection.active = layer
-        self.progress.finish("done")
 
     def _replace(self, name: str, layer_tuple):
         if name in self.viewer.layers:
             self.viewer.layers.remove(name)
         return add_layer(self.viewer, layer_tuple)
-
-    def _on_finished(self):
-        if self.runner.last_error is not None:
-            self.progress.finish("failed")
-        elif self.progress.bar.format() != "done":
-            self.progress.finish("cancelled")
 
     # -------------------------------------------------------------------------------- inspection
     def go_to_particle(self, index: int) -> None:

@@ -62,8 +62,8 @@ class DenoiseWidget(Container):
         self.loss_plot = LossPlot()
         self.native.layout().addWidget(self.progress)
         self.native.layout().addWidget(self.loss_plot)
-        self.runner = JobRunner(on_event=self._on_event, on_finished=self._on_finished)
-        self.progress.cancel_button.clicked.connect(self.runner.cancel)
+        self.runner = JobRunner(on_event=self._on_event)
+        self.progress.follow(self.runner)
         self.method.changed.connect(self._method_changed)
         self.image.changed.connect(self._image_changed)
         self.train_button.changed.connect(lambda: self.run("train"))
@@ -154,12 +154,11 @@ class DenoiseWidget(Container):
             result = yield from iter_predict(model, data, is_stack=is_stack, half2=half2, seed=seed)
             return model, result
 
-        self.runner.cancel()  # before the progress row is reset, so the old run's end does not land on it
+        self.runner.cancel()  # before the plot is cleared, so no event of the old run lands on the new plot
         self.loss_plot.clear()
-        self.progress.start(mode)
         meta = {"method": m.name, "params": as_dict(params), "seed": seed, "source": layer.name}
         self.runner.start(job, name=f"{m.title} on {layer.name}",
-                          on_done=lambda out: self._on_done(out, layer, meta))
+                          on_done=lambda out: self._on_done(out, layer, meta), stage=f"{mode}: preparing")
 
     def _on_event(self, ev):
         self.progress.update(ev)
@@ -194,13 +193,6 @@ class DenoiseWidget(Container):
             result = result.reshape(layer.data.shape)
             add_image_result(self.viewer, result, source=layer, name=f"{layer.name} denoised ({meta['method']})",
                              metadata=meta)
-        self.progress.finish("done")
-
-    def _on_finished(self):
-        if self.runner.last_error is not None:
-            self.progress.finish("failed")
-        elif self.progress.bar.format() not in ("done",):
-            self.progress.finish(self.progress.bar.format() if self.runner.worker is None else "done")
 
     # ------------------------------------------------------------------------------------- models
     def _save_model(self, *_):

@@ -6,7 +6,7 @@ import napari
 from magicgui.widgets import CheckBox, ComboBox, Container, FloatSpinBox, PushButton, SpinBox
 
 from ... import sample_data as core
-from ...simulate import simulate_particles, simulate_tomogram
+from ...simulate import iter_simulate_particles, iter_simulate_tomogram
 from ..jobs import JobRunner
 from ..layers import add_layer
 from ..sample_data import particle_layers, tomogram_layers
@@ -44,7 +44,7 @@ class SimulateWidget(Container):
         self.progress = ProgressRow()
         self.native.layout().addWidget(self.progress)
         self.runner = JobRunner(on_event=self.progress.update)
-        self.progress.cancel_button.clicked.connect(self.runner.cancel)
+        self.progress.follow(self.runner)
         self.kind.changed.connect(self._kind_changed)
         self.button.changed.connect(self.run)
         self._kind_changed()
@@ -64,26 +64,22 @@ class SimulateWidget(Container):
             noise, wedge, halves = self.noise.value, float(self.wedge.value) or None, bool(self.halves.value)
 
             def job():
-                ph = simulate_tomogram(shape=shape, voxel_size=10.0, particle_map=m.data,
-                                       particle_map_voxel_size=m.pixel_size, snr=snr, noise=noise,
-                                       missing_wedge=wedge, halves=halves, seed=seed)
-                yield from ()
+                ph = yield from iter_simulate_tomogram(shape=shape, voxel_size=10.0, particle_map=m.data,
+                                                       particle_map_voxel_size=m.pixel_size, snr=snr, noise=noise,
+                                                       missing_wedge=wedge, halves=halves, seed=seed)
                 return tomogram_layers(ph, name=f"phantom SNR {snr:g}")
         else:
             n, box, k = int(self.n.value), int(self.box.value), int(self.classes.value)
             shift, ctf = float(self.max_shift.value), self.ctf.value
 
             def job():
-                sim = simulate_particles(m.data, voxel_size=m.pixel_size, n_particles=n, box=box,
-                                         class_views=VIEWS[:k], max_shift=shift, ctf_mode=ctf, snr=snr,
-                                         mask_radius=box * 0.4, seed=seed)
-                yield from ()
+                sim = yield from iter_simulate_particles(m.data, voxel_size=m.pixel_size, n_particles=n, box=box,
+                                                         class_views=VIEWS[:k], max_shift=shift, ctf_mode=ctf,
+                                                         snr=snr, mask_radius=box * 0.4, seed=seed)
                 return particle_layers(sim, name=f"particles SNR {snr:g}")
 
-        self.progress.start("simulating")
-        self.runner.start(job, name="simulation", on_done=self._add)
+        self.runner.start(job, name="simulation", on_done=self._add, stage="simulating")
 
     def _add(self, layers):
         for tup in layers:
             add_layer(self.viewer, tup)
-        self.progress.finish("done")
