@@ -92,7 +92,7 @@ def test_open_real_mrc(make_napari_viewer, shared_data, rel, shape, voxel, is_st
     assert Path(meta["path"]) == path
     assert tuple(meta["shape"]) == shape
     assert meta["is_stack"] is is_stack
-    np.testing.assert_allclose(meta["voxel_size"], voxel, rtol=1e-5)
+    np.testing.assert_allclose(meta["header_voxel_size"], voxel, rtol=1e-5)
     for key in ("dtype", "origin", "labels", "mode", "voxel_size_from_header"):
         assert key in meta
     # the header's truth agrees with what the viewer shows

@@ -50,9 +50,14 @@ def layer_scale(voxel_size: Sequence[float], ndim: int, *, is_stack: bool) -> tu
 def image_layer(data: np.ndarray, *, name: str, voxel_size: Sequence[float] | float, is_stack: bool = False,
                 metadata: dict | None = None, colormap: str = "gray", contrast_limits=None,
                 visible: bool = True, **kwargs) -> LayerDataTuple:
-    """An image layer tuple with ``scale`` = voxel size (Å) and robust contrast limits."""
+    """An image layer tuple with ``scale`` = voxel size (Å) and robust contrast limits.
+
+    The voxel size lives in the layer's ``scale`` only (read back by :func:`layer_input`), so a scale edited in
+    napari is what every job uses; ``metadata`` keeps what the file's header said (``header_voxel_size``).
+    """
     vs = [float(voxel_size)] * data.ndim if np.isscalar(voxel_size) else list(voxel_size)
-    meta = {"voxel_size": tuple(float(v) for v in vs), "is_stack": is_stack, **(metadata or {})}
+    meta = {"is_stack": is_stack, **(metadata or {})}
+    meta.pop("voxel_size", None)
     attrs = {
         "name": name,
         "scale": layer_scale(vs, data.ndim, is_stack=is_stack),
@@ -105,7 +110,7 @@ def add_layer(viewer, layer_tuple: LayerDataTuple):
 def add_image_result(viewer, data, *, source, name: str, metadata: dict, is_stack: bool | None = None):
     """A result image beside ``source``: same scale and translate, robust contrast, ``metadata`` recorded."""
     src_meta = source.metadata or {}
-    meta = {**{k: v for k, v in src_meta.items() if k in ("voxel_size", "is_stack", "pixel_size")}, **metadata}
+    meta = {**{k: v for k, v in src_meta.items() if k in ("is_stack",)}, **metadata}
     stack = src_meta.get("is_stack", False) if is_stack is None else is_stack
     tup = image_layer(data, name=name, voxel_size=tuple(source.scale[-data.ndim:]), is_stack=stack, metadata=meta,
                       translate=tuple(source.translate[-data.ndim:]))
@@ -114,7 +119,7 @@ def add_image_result(viewer, data, *, source, name: str, metadata: dict, is_stac
 
 
 def layer_input(layer) -> tuple[np.ndarray, bool, tuple]:
-    """(data to process, is_stack, voxel size (z, y, x) in Å) of an image layer.
+    """(data to process, is_stack, voxel size (z, y, x) in Å from the layer's ``scale``) of an image layer.
 
     The data are copied (the user may edit the layer while a job runs) unless they are a read-only memory
     map, which nobody can change and which may be larger than memory.
@@ -124,9 +129,8 @@ def layer_input(layer) -> tuple[np.ndarray, bool, tuple]:
         data = np.array(data, dtype=np.float32, copy=True)
     meta = layer.metadata or {}
     is_stack = bool(meta.get("is_stack", False))
-    scale = tuple(float(s) for s in layer.scale)
-    voxel = tuple(meta.get("voxel_size") or scale)
-    if is_stack and len(voxel) == 3:
+    voxel = tuple(float(s) for s in layer.scale)
+    if is_stack and len(voxel) == 3:  # the image index has scale 1; the stack's "z" spacing is the in-plane one
         voxel = (voxel[-1], voxel[-2], voxel[-1])
     return data, is_stack, voxel
 

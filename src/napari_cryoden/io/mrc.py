@@ -107,7 +107,7 @@ class MrcData:
             "path": str(self.path),
             "shape": tuple(int(s) for s in self.data.shape),
             "dtype": str(self.data.dtype),
-            "voxel_size": tuple(float(v) for v in self.voxel_size),
+            "header_voxel_size": tuple(float(v) for v in self.voxel_size),  # what the file says; a layer's scale rules
             "voxel_size_from_header": self.voxel_size_from_header,
             "origin": tuple(float(v) for v in self.origin),
             "labels": list(self.labels),
