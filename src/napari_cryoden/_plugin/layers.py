@@ -100,6 +100,86 @@ def particle_points_layer(table: pd.DataFrame, *, box: tuple[int, int], pixel_si
     return (coords, attrs, "points")
 
 
+def class_colors(k: int) -> np.ndarray:
+    """(k, 4) RGBA colours, one per class (tab10, tab20 beyond 10 classes, then repeating)."""
+    import matplotlib
+
+    cmap = matplotlib.colormaps["tab10" if k <= 10 else "tab20"]
+    return np.array([cmap(i % cmap.N) for i in range(k)], dtype=np.float32)
+
+
+def frame_class_labels(class_numbers: np.ndarray, box: int, *, ring: int | None = None):
+    """A lazy (n, box, box) uint16 dask array: frame i is 0 inside and ``class_numbers[i]`` on a ring at the box
+    edge (``ring`` pixels wide, default box / 24)."""
+    import dask.array as da
+
+    ring = ring or max(1, box // 24)
+    mask = np.zeros((box, box), np.uint16)
+    mask[:ring] = mask[-ring:] = 1
+    mask[:, :ring] = mask[:, -ring:] = 1
+    per_frame = da.from_array(np.asarray(class_numbers, np.uint16), chunks=256)
+    return per_frame[:, None, None] * da.from_array(mask)[None]
+
+
+def alignment_layers(result, *, name: str, pixel_size: float, features: pd.DataFrame,
+                     metadata: dict) -> list[LayerDataTuple]:
+    """The average, the shift vectors and the angle labels of an alignment result (the aligned stack is added
+    beside its source with :func:`add_image_result`). ``name`` is the source layer's; pixel size in Å."""
+    n, box = len(result.angles), result.average.shape[-1]
+    px = float(pixel_size)
+    cy, cx = box // 2, box // 2
+    average = image_layer(result.average, name=f"{name} average", voxel_size=(px, px), metadata=metadata)
+    # The particle's centre is the box centre minus its origin.
+    vectors = np.zeros((n, 2, 3), dtype=np.float32)
+    vectors[:, 0] = np.stack([np.arange(n), np.full(n, cy), np.full(n, cx)], axis=1)
+    vectors[:, 1, 1] = -result.origins[:, 1]
+    vectors[:, 1, 2] = -result.origins[:, 0]
+    shifts = (vectors, {"name": f"{name} shifts", "scale": (1.0, px, px), "features": features,
+                        "edge_color": "yellow", "edge_width": 0.4, "vector_style": "arrow"}, "vectors")
+    points = np.stack([np.arange(n), np.full(n, cy - 0.42 * box), np.full(n, cx)], axis=1)
+    angles = (points, {"name": f"{name} angles", "scale": (1.0, px, px), "features": features, "size": 0.5,
+                       "face_color": "transparent", "border_color": "transparent",
+                       "text": {"string": "psi {psi:.1f}°  score {score:.2f}", "color": "cyan", "size": 10}},
+              "points")
+    return [average, shifts, angles]
+
+
+def cluster_layers(result, *, name: str, box: int, pixel_size: float, translate: tuple, metadata: dict,
+                   colors: np.ndarray) -> list[LayerDataTuple]:
+    """Class averages, class counts, class colours on the stack (a ring per frame) and the per-particle
+    features (embedding, confidence) of a clustering result. ``name`` is the source layer's."""
+    import napari
+
+    k, n = result.k, len(result.labels)
+    px = float(pixel_size)
+    counts = result.counts
+    averages = image_layer(result.averages.averages, name=f"{name} class averages", voxel_size=(1.0, px, px),
+                           is_stack=True, metadata=metadata)
+    text_pts = np.stack([np.arange(k), np.full(k, 0.08 * box), np.full(k, box / 2)], axis=1)
+    class_table = pd.DataFrame({"class": np.arange(1, k + 1), "particles": counts})
+    class_counts = (text_pts, {
+        "name": f"{name} class counts", "scale": (1.0, px, px), "features": class_table, "size": 0.5,
+        "face_color": "transparent", "border_color": "transparent",
+        "text": {"string": "class {class}: {particles} particles", "color": "yellow", "size": 10}}, "points")
+    label_colors = {0: "transparent", None: "transparent", **{c + 1: tuple(colors[c]) for c in range(k)}}
+    classes = (frame_class_labels(result.labels + 1, box), {
+        "name": f"{name} classes", "scale": (1.0, px, px), "translate": translate, "opacity": 0.8,
+        "metadata": metadata, "colormap": napari.utils.colormaps.DirectLabelColormap(color_dict=label_colors)},
+        "labels")
+    avg = result.averages
+    features = pd.DataFrame({
+        "particle": np.arange(1, n + 1), "class": result.labels + 1,
+        "confidence": avg.score if avg is not None else np.full(n, np.nan),
+        "distance": avg.distance if avg is not None else np.full(n, np.nan),
+        "embedding_x": result.embedding[:, 0], "embedding_y": result.embedding[:, 1]})
+    centres = np.stack([np.arange(n), np.full(n, box / 2), np.full(n, box / 2)], axis=1)
+    points = (centres, {
+        "name": f"{name} cluster features", "scale": (1.0, px, px), "translate": translate, "features": features,
+        "face_color": colors[result.labels], "border_color": "transparent", "size": max(1.5, box / 16),
+        "metadata": metadata}, "points")
+    return [averages, class_counts, classes, points]
+
+
 def add_layer(viewer, layer_tuple: LayerDataTuple):
     """Add a LayerDataTuple to the viewer (main thread only) and return the layer."""
     import napari

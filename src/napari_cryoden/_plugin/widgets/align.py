@@ -25,7 +25,7 @@ from ...params import as_dict
 from ...simulate import project_map
 from ..export import layer_particle_table, open_sources
 from ..jobs import JobRunner
-from ..layers import add_image_result, add_layer, image_layer, particle_stack_input
+from ..layers import add_image_result, add_layer, alignment_layers, particle_stack_input
 from ..notify import notify_error, notify_info
 from ..settings import form_values, load_state, restore_values, save_state
 from ._params import params_form, params_from_form
@@ -146,9 +146,7 @@ class AlignWidget(Container):
             self.model_label.value = f"{model.kind.split('/')[-1]} model, {model.config.get('box')}²"
             self._method_changed()
         self.result, self.source_layer = result, layer
-        n, box = len(result.angles), result.average.shape[-1]
         px = float(layer.scale[-1])
-        cy, cx = box // 2, box // 2
         features = pd.DataFrame({"psi": result.angles, "shift_x": result.origins[:, 0],
                                  "shift_y": result.origins[:, 1], "score": result.scores})
         if "network_angles" in result.info:  # UDL/JUDL: the network's own estimate, before the refinement
@@ -156,21 +154,8 @@ class AlignWidget(Container):
         meta = {**meta, "features": features}
         if result.aligned is not None:
             add_image_result(self.viewer, result.aligned, source=layer, name=f"{layer.name} aligned", metadata=meta)
-        add_layer(self.viewer, image_layer(result.average, name=f"{layer.name} average", voxel_size=(px, px),
-                                           metadata=meta))
-        # The particle's centre is the box centre minus its origin.
-        vectors = np.zeros((n, 2, 3), dtype=np.float32)
-        vectors[:, 0] = np.stack([np.arange(n), np.full(n, cy), np.full(n, cx)], axis=1)
-        vectors[:, 1, 1] = -result.origins[:, 1]
-        vectors[:, 1, 2] = -result.origins[:, 0]
-        add_layer(self.viewer, (vectors, {"name": f"{layer.name} shifts", "scale": (1.0, px, px),
-                                          "features": features, "edge_color": "yellow", "edge_width": 0.4,
-                                          "vector_style": "arrow"}, "vectors"))
-        points = np.stack([np.arange(n), np.full(n, cy - 0.42 * box), np.full(n, cx)], axis=1)
-        add_layer(self.viewer, (points, {"name": f"{layer.name} angles", "scale": (1.0, px, px), "features": features,
-                                         "size": 0.5, "face_color": "transparent", "border_color": "transparent",
-                                         "text": {"string": "psi {psi:.1f}°  score {score:.2f}", "color": "cyan",
-                                                  "size": 10}}, "points"))
+        for tup in alignment_layers(result, name=layer.name, pixel_size=px, features=features, metadata=meta):
+            add_layer(self.viewer, tup)
         self.export_button.enabled = True
 
     # ------------------------------------------------------------------------------------- models

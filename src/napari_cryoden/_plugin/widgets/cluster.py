@@ -22,7 +22,6 @@ from pathlib import Path
 
 import napari
 import numpy as np
-import pandas as pd
 from magicgui.widgets import ComboBox, Container, PushButton, Select, SpinBox, create_widget
 from matplotlib.backends.backend_qtagg import FigureCanvasQTAgg
 from matplotlib.figure import Figure
@@ -35,34 +34,13 @@ from ...io.star import write_star
 from ...params import as_dict
 from ..export import layer_particle_table
 from ..jobs import JobRunner
-from ..layers import add_layer, image_layer, particle_stack_input
+from ..layers import add_layer, class_colors, cluster_layers, image_layer, particle_stack_input
 from ..notify import notify_error, notify_info
 from ..settings import form_values, load_state, restore_values, save_state
 from ._params import params_form, params_from_form
 from ._progress import ProgressRow
 
 STATE_KEY = "cluster"
-
-
-def class_colors(k: int) -> np.ndarray:
-    """(k, 4) RGBA colours, one per class (tab10, tab20 beyond 10 classes, then repeating)."""
-    import matplotlib
-
-    cmap = matplotlib.colormaps["tab10" if k <= 10 else "tab20"]
-    return np.array([cmap(i % cmap.N) for i in range(k)], dtype=np.float32)
-
-
-def frame_class_labels(class_numbers: np.ndarray, box: int, *, ring: int | None = None):
-    """A lazy (n, box, box) uint16 dask array: frame i is 0 inside and ``class_numbers[i]`` on a ring at the box
-    edge (``ring`` pixels wide, default box / 24)."""
-    import dask.array as da
-
-    ring = ring or max(1, box // 24)
-    mask = np.zeros((box, box), np.uint16)
-    mask[:ring] = mask[-ring:] = 1
-    mask[:, :ring] = mask[:, -ring:] = 1
-    per_frame = da.from_array(np.asarray(class_numbers, np.uint16), chunks=256)
-    return per_frame[:, None, None] * da.from_array(mask)[None]
 
 
 class ClassSelect(Select):
@@ -217,39 +195,16 @@ class ClusterWidget(Container):
 
     def _done(self, result, layer, meta):
         self.result, self.source_layer = result, layer
-        k, n = result.k, len(result.labels)
+        k = result.k
         box = int(layer.data.shape[-1])
         px = float(layer.scale[-1])
         colors = class_colors(k)
-        counts = result.counts
-        meta = {**meta, "counts": counts.tolist(), "silhouette": result.info.get("silhouette"),
+        meta = {**meta, "counts": result.counts.tolist(), "silhouette": result.info.get("silhouette"),
                 "seconds": result.info.get("seconds", {})}
-        self._replace(f"{layer.name} class averages", image_layer(
-            result.averages.averages, name=f"{layer.name} class averages", voxel_size=(1.0, px, px), is_stack=True,
-            metadata=meta))
-        text_pts = np.stack([np.arange(k), np.full(k, 0.08 * box), np.full(k, box / 2)], axis=1)
-        class_table = pd.DataFrame({"class": np.arange(1, k + 1), "particles": counts})
-        self._replace(f"{layer.name} class counts", (text_pts, {
-            "name": f"{layer.name} class counts", "scale": (1.0, px, px), "features": class_table, "size": 0.5,
-            "face_color": "transparent", "border_color": "transparent",
-            "text": {"string": "class {class}: {particles} particles", "color": "yellow", "size": 10}}, "points"))
-        labels_data = frame_class_labels(result.labels + 1, box)
-        label_colors = {0: "transparent", None: "transparent", **{c + 1: tuple(colors[c]) for c in range(k)}}
-        self._replace(f"{layer.name} classes", (labels_data, {
-            "name": f"{layer.name} classes", "scale": (1.0, px, px), "translate": tuple(layer.translate),
-            "opacity": 0.8, "metadata": meta,
-            "colormap": napari.utils.colormaps.DirectLabelColormap(color_dict=label_colors)}, "labels"))
-        avg = result.averages
-        features = pd.DataFrame({
-            "particle": np.arange(1, n + 1), "class": result.labels + 1,
-            "confidence": avg.score if avg is not None else np.full(n, np.nan),
-            "distance": avg.distance if avg is not None else np.full(n, np.nan),
-            "embedding_x": result.embedding[:, 0], "embedding_y": result.embedding[:, 1]})
-        centres = np.stack([np.arange(n), np.full(n, box / 2), np.full(n, box / 2)], axis=1)
-        self._replace(f"{layer.name} cluster features", (centres, {
-            "name": f"{layer.name} cluster features", "scale": (1.0, px, px), "translate": tuple(layer.translate),
-            "features": features, "face_color": colors[result.labels], "border_color": "transparent",
-            "size": max(1.5, box / 16), "metadata": meta}, "points"))
+        for tup in cluster_layers(result, name=layer.name, box=box, pixel_size=px,
+                                  translate=tuple(layer.translate), metadata=meta, colors=colors):
+            self._replace(tup[1]["name"], tup)
+        counts = result.counts
         self._shown_classes = []
         self.class_list.choices = [(f"{c + 1} ({int(counts[c])})", c) for c in range(k)]
         self.class_list.value = []
