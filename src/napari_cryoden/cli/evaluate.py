@@ -17,17 +17,8 @@ def cmd_evaluate_image(args) -> int:
     ref, est = read_array(args.reference), read_array(args.estimate)
     if ref.data.shape != est.data.shape:
         raise CryodenInputError(args.estimate, f"shape {est.data.shape} differs from the reference's {ref.data.shape}")
-    r, e = np.asarray(ref.data, dtype=np.float64), np.asarray(est.data, dtype=np.float64)
-    rows = {
-        "MSE": metrics.mse(r, e, fit=args.fit),
-        "MSE ([0,1]-scaled)": metrics.mse(r, e, normalize="minmax"),
-        "PSNR (dB)": metrics.psnr(r, e, fit=args.fit),
-        "SSIM": metrics.ssim(r, e, fit=args.fit),
-    }
-    if not ref.is_stack:
-        curve = metrics.fourier_shell_correlation(r, e, voxel_size=ref.pixel_size)
-        rows["FSC 0.5 (Å)"] = curve.resolution(0.5)
-        rows["FSC 0.143 (Å)"] = curve.resolution(0.143)
+    rows = metrics.compare(np.asarray(ref.data), np.asarray(est.data), voxel_size=ref.pixel_size, fit=args.fit,
+                           fsc=not ref.is_stack).rows
     if args.json:
         print(json.dumps({k: float(v) for k, v in rows.items()}))
     else:

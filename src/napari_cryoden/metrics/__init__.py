@@ -10,6 +10,7 @@ from napari_cryoden.metrics.clustering import (
     match_labels,
     normalized_mutual_info,
 )
+from napari_cryoden.metrics.compare import Comparison, compare
 from napari_cryoden.metrics.fourier import (
     FSCCurve,
     fourier_ring_correlation,
@@ -19,11 +20,13 @@ from napari_cryoden.metrics.fourier import (
 from napari_cryoden.metrics.intensity import fit_affine, mse, psnr, ssim, stack_mse, stack_psnr, stack_ssim
 
 __all__ = [
+    "Comparison",
     "FSCCurve",
     "adjusted_rand_index",
     "angular_distance",
     "angular_error",
     "clustering_accuracy",
+    "compare",
     "fit_affine",
     "fourier_ring_correlation",
     "fourier_shell_correlation",

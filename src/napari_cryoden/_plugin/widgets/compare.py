@@ -15,15 +15,9 @@ from ..notify import notify_error
 
 
 def compare_arrays(reference: np.ndarray, estimate: np.ndarray, *, voxel_size: float, fit: bool = True) -> dict:
-    """PSNR, SSIM (after an affine fit), MSE and the FRC/FSC curve of ``estimate`` against ``reference``."""
-    if reference.shape != estimate.shape:
-        raise CryodenInputError(None, f"shapes differ: {reference.shape} and {estimate.shape}")
-    r = np.asarray(reference, dtype=np.float64)
-    e = np.asarray(estimate, dtype=np.float64)
-    curve = metrics.fourier_shell_correlation(r, e, voxel_size=voxel_size)
-    return {"PSNR (dB)": metrics.psnr(r, e, fit=fit), "SSIM": metrics.ssim(r, e, fit=fit),
-            "MSE": metrics.mse(r, e, fit=fit), "FSC 0.143 (Å)": curve.resolution(0.143),
-            "FSC 0.5 (Å)": curve.resolution(0.5), "curve": curve}
+    """The widget's table row: :func:`napari_cryoden.metrics.compare` plus its FRC/FSC curve."""
+    result = metrics.compare(reference, estimate, voxel_size=voxel_size, fit=fit)
+    return {**result.rows, "curve": result.curve}
 
 
 class CompareWidget(Container):
