@@ -7,7 +7,7 @@ from .cross_correlation import (
     iter_align_reference_free,
     iter_align_to_reference,
 )
-from .result import AlignmentResult
+from .result import SCORE_COLUMN, AlignmentResult, with_alignment
 from .transforms import (
     align_images,
     fourier_shift,
@@ -21,6 +21,7 @@ METHODS = ("fft", "udl", "judl")
 
 __all__ = [
     "METHODS",
+    "SCORE_COLUMN",
     "AlignmentResult",
     "ClassicalParams",
     "align_images",
@@ -32,4 +33,5 @@ __all__ = [
     "relion_euler_matrix",
     "rotate_images",
     "transform_images",
+    "with_alignment",
 ]

@@ -41,3 +41,22 @@ class AlignmentResult:
 
     def __len__(self) -> int:
         return len(self.angles)
+
+
+#: The per-particle score column written beside the RELION parameters (normalised cross-correlation with the
+#: rotated, shifted reference, in [-1, 1]).
+SCORE_COLUMN = "rlnCryodenScore"
+
+
+def with_alignment(particles, result: AlignmentResult, *, pixel_size: float):
+    """A copy of the particle rows (pandas DataFrame) with the alignment in RELION 3.1 columns:
+    ``rlnAnglePsi`` (degrees), ``rlnOriginXAngst`` / ``rlnOriginYAngst`` (Å, from pixels × ``pixel_size``) and
+    :data:`SCORE_COLUMN`. Used by ``cryoden align`` and the Align widget's export alike."""
+    if len(particles) != len(result.angles):
+        raise ValueError(f"{len(particles)} particle rows but {len(result.angles)} aligned particles")
+    rows = particles.reset_index(drop=True).copy()
+    rows["rlnAnglePsi"] = result.angles
+    rows["rlnOriginXAngst"] = result.origins[:, 0] * float(pixel_size)
+    rows["rlnOriginYAngst"] = result.origins[:, 1] * float(pixel_size)
+    rows[SCORE_COLUMN] = result.scores
+    return rows

@@ -6,6 +6,7 @@ from pathlib import Path
 
 import numpy as np
 
+from ..align.result import SCORE_COLUMN, with_alignment
 from ..errors import CryodenInputError
 from ..io.star import rebase_image_names
 from ._common import (
@@ -18,9 +19,6 @@ from ._common import (
     positive_int,
     single_or_batch,
 )
-
-#: The per-particle score column written (normalised cross-correlation with the rotated, shifted reference).
-SCORE_COLUMN = "rlnCryodenScore"
 
 
 def _read_reference(path: str, box: int, pixel_size: float) -> np.ndarray:
@@ -127,12 +125,8 @@ def _align_one(args) -> int:
         return 0
 
     out = Path(args.output)
-    rows = table.particles.copy()
+    rows = with_alignment(table.particles, result, pixel_size=apix)
     rows["rlnImageName"] = rebase_image_names(table, out)
-    rows["rlnAnglePsi"] = result.angles
-    rows["rlnOriginXAngst"] = result.origins[:, 0] * apix
-    rows["rlnOriginYAngst"] = result.origins[:, 1] * apix
-    rows[SCORE_COLUMN] = result.scores
     write_star(out, table.with_particles(rows), inputs=inputs)
     print(f"wrote {out} (rlnAnglePsi, rlnOriginXAngst, rlnOriginYAngst, {SCORE_COLUMN})")
     if args.average:

@@ -17,6 +17,7 @@ from magicgui.widgets import CheckBox, ComboBox, Container, Label, PushButton, c
 from qtpy.QtWidgets import QFileDialog
 
 from ...align.cross_correlation import ClassicalParams, iter_align_reference_free, iter_align_to_reference
+from ...align.result import with_alignment
 from ...align.udl import DeepAlignParams, iter_align_with_model, iter_train
 from ...errors import CryodenInputError
 from ...io.star import write_star
@@ -204,14 +205,9 @@ class AlignWidget(Container):
         layer, r = self.source_layer, self.result
         try:
             table, inputs = layer_particle_table(layer, path)
-            particles = table.particles
-            px = float(layer.scale[-1])
-            particles["rlnAnglePsi"] = r.angles
-            particles["rlnOriginXAngst"] = r.origins[:, 0] * px
-            particles["rlnOriginYAngst"] = r.origins[:, 1] * px
-            particles["rlnCryodenScore"] = r.scores
+            particles = with_alignment(table.particles, r, pixel_size=float(layer.scale[-1]))
             out = write_star(path, table.with_particles(particles), inputs=inputs)
-        except (CryodenInputError, OSError) as exc:
+        except (CryodenInputError, ValueError, OSError) as exc:
             notify_error(exc)
             return None
         notify_info(f"wrote {out}")
