@@ -9,6 +9,7 @@ import logging
 import os
 import platform
 import time
+from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
 
@@ -22,9 +23,23 @@ from .sample_data import sample_particles, sample_tomogram
 log = logging.getLogger(__name__)
 
 
+@dataclass
+class DemoRun:
+    """What the demo's steps share: the output folder, the settings and what earlier steps made."""
+
+    out: Path
+    seed: int = 0
+    quick: bool = False
+    screenshots: bool = True
+    made: dict = field(default_factory=dict)  # e.g. "tomogram" -> phantom, "particles" -> simulated stack
+
+
 def run_demo(outdir: str | os.PathLike, *, seed: int = 0, quick: bool = False, screenshots: bool = True) -> Path:
     """Simulate, denoise, align, cluster, evaluate and plot; with ``screenshots``, also a screenshot of every
-    dock widget after a real run (napari under Xvfb, in a subprocess). Returns the path of ``report.md``."""
+    dock widget after a real run (napari under Xvfb, in a subprocess). Returns the path of ``report.md``.
+
+    The demo is the list :data:`STEPS`: each step is a function of the :class:`DemoRun` that returns its report
+    section (Markdown) or None; a new capability adds one step there."""
     from tqdm import tqdm
 
     out = Path(outdir)
@@ -34,12 +49,32 @@ def run_demo(outdir: str | os.PathLike, *, seed: int = 0, quick: bool = False, s
         out.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
         raise CryodenOutputError(out, f"cannot create the folder ({exc.strerror})") from exc
-    sections: list[str] = []
-    steps = tqdm(total=7, desc="demo", unit="step")
+    demo = DemoRun(out=out, seed=seed, quick=quick, screenshots=screenshots)
     t0 = time.perf_counter()
+    sections: list[str] = []
+    with tqdm(total=len(STEPS) + 1, desc="demo", unit="step") as steps:
+        for step in STEPS:
+            section = step(demo)
+            if section:
+                sections.append(section)
+            steps.update()
+        header = "\n".join([
+            "# napari-cryoden demo report",
+            "",
+            f"napari-cryoden {__version__}, Python {platform.python_version()}, {platform.machine()}, "
+            f"{os.cpu_count()} CPUs; {datetime.now(timezone.utc):%Y-%m-%d %H:%M} UTC; "
+            f"ran in {time.perf_counter() - t0:.1f} s.",
+            "",
+        ])
+        report = write_text(out / "report.md", header + "\n\n".join(sections) + "\n")
+        steps.update()
+    return report
 
-    # 1. Tomogram phantom with even/odd halves.
-    ph = sample_tomogram(halves=True, seed=seed)
+
+def tomogram_step(demo: DemoRun) -> str:
+    """A tomogram phantom with even/odd halves, its slices and FSC curves."""
+    out = demo.out
+    ph = demo.made["tomogram"] = sample_tomogram(halves=True, seed=demo.seed)
     files = ph.save(out, stem="tomogram")
     noisy_psnr = metrics.psnr(ph.clean, ph.noisy)
     noisy_ssim = metrics.ssim(ph.clean, ph.noisy)
@@ -47,7 +82,7 @@ def run_demo(outdir: str | os.PathLike, *, seed: int = 0, quick: bool = False, s
     fsc_truth = metrics.fourier_shell_correlation(ph.clean, ph.noisy, voxel_size=ph.voxel_size)
     plot_slices({"noisy": ph.noisy, "clean": ph.clean}, out / "tomogram_slices.png", voxel_size=ph.voxel_size)
     plot_fsc({"even vs odd": fsc_halves, "noisy vs clean": fsc_truth}, out / "tomogram_fsc.png")
-    sections.append("\n".join([
+    return "\n".join([
         "## Tomogram phantom",
         f"Shape {ph.noisy.shape} (z, y, x), voxel {ph.voxel_size:g} Å, requested SNR {ph.snr:g} "
         f"(measured {metrics_snr(ph):.3f}); {len(ph.particles)} particles of EMD-5625 placed at random.",
@@ -60,11 +95,13 @@ def run_demo(outdir: str | os.PathLike, *, seed: int = 0, quick: bool = False, s
         "![slices](tomogram_slices.png)",
         "",
         "![fsc](tomogram_fsc.png)",
-    ]))
-    steps.update()
+    ])
 
-    # 2. Particle stack with known classes, angles and shifts.
-    sim = sample_particles(n_particles=60 if quick else 150, seed=seed)
+
+def particles_step(demo: DemoRun) -> str:
+    """A particle stack with known classes, angles and shifts."""
+    out = demo.out
+    sim = demo.made["particles"] = sample_particles(n_particles=60 if demo.quick else 150, seed=demo.seed)
     written = sim.save(out / "particles.mrcs", out / "particles.star", references_path=out / "particle_references.mrcs")
     per_class = max(1, 16 // len(sim.references))
     order = np.concatenate([np.flatnonzero(sim.classes == c)[:per_class] for c in range(len(sim.references))])
@@ -74,7 +111,7 @@ def run_demo(outdir: str | os.PathLike, *, seed: int = 0, quick: bool = False, s
     plot_montage(sim.references, out / "particle_references.png",
                  labels=[f"class {i + 1}" for i in range(len(sim.references))], columns=len(sim.references))
     counts = np.bincount(sim.classes)
-    sections.append("\n".join([
+    return "\n".join([
         "## Particle stack",
         f"{len(sim.images)} particles, box {sim.images.shape[-1]}, pixel {sim.pixel_size:g} Å, SNR {sim.snr:g}; "
         f"class sizes {counts.tolist()}; truth in `particles.star` (rlnAnglePsi, rlnOriginX/YAngst, rlnClassNumber).",
@@ -84,17 +121,19 @@ def run_demo(outdir: str | os.PathLike, *, seed: int = 0, quick: bool = False, s
         "![references](particle_references.png)",
         "",
         "![particles](particles_montage.png)",
-    ]))
-    steps.update()
+    ])
 
-    # 3. Self-supervised denoising of the tomogram (Fourier N2N, short wall-clock budget).
+
+def denoise_step(demo: DemoRun) -> str:
+    """Self-supervised denoising of the tomogram (Fourier N2N, short wall-clock budget)."""
     from .denoise.engine import default_params, iter_predict, iter_train
     from .io.mrc import write_mrc
     from .progress import run
 
-    budget = 5.0 if quick else 60.0
+    out, ph, seed = demo.out, demo.made["tomogram"], demo.seed
+    budget = 5.0 if demo.quick else 60.0
     params = default_params("fourier-n2n", dims=3, time_budget=budget, patch_size=32,
-                            n_predictions=2 if quick else 4)
+                            n_predictions=2 if demo.quick else 4)
     model = run(iter_train(ph.noisy, params, method="fourier-n2n", seed=seed))
     denoised = run(iter_predict(model, ph.noisy, seed=seed))
     write_mrc(out / "tomogram_denoised.mrc", denoised, voxel_size=ph.voxel_size)
@@ -104,7 +143,7 @@ def run_demo(outdir: str | os.PathLike, *, seed: int = 0, quick: bool = False, s
     for name, v in (("noisy", ph.noisy), ("fourier-n2n", denoised)):
         rows = metrics.compare(ph.clean, v, fit=True, fsc=False).rows
         den_rows.append({"volume": name, "PSNR (dB)": rows["PSNR (dB)"], "SSIM": rows["SSIM"]})
-    sections.append("\n".join([
+    return "\n".join([
         "## Denoising (Fourier N2N)",
         f"{len(model.history)} training steps in a {budget:g} s budget, then tiled prediction "
         f"({params.n_predictions} Fourier-pool members averaged). PSNR/SSIM after an affine fit to the clean volume:",
@@ -112,70 +151,65 @@ def run_demo(outdir: str | os.PathLike, *, seed: int = 0, quick: bool = False, s
         markdown_table(den_rows),
         "",
         "![denoised](tomogram_denoised.png)",
-    ]))
-    steps.update()
+    ])
 
-    # 4. Classical alignment of the particles of class 1 to their true reference.
+
+def align_step(demo: DemoRun) -> str:
+    """Classical alignment of the particles of class 1 to their true reference."""
     from .align.cross_correlation import align_to_reference
     from .metrics import angular_error, shift_error
 
+    sim = demo.made["particles"]
     sel = sim.classes == 0
     res = align_to_reference(sim.images[sel], sim.references[0])
     ang = angular_error(res.angles, sim.angles[sel])
     shf = shift_error(res.origins, sim.origins[sel])
-    plot_montage(np.stack([sim.references[0], res.average]), out / "alignment_average.png",
+    plot_montage(np.stack([sim.references[0], res.average]), demo.out / "alignment_average.png",
                  labels=["true reference", f"average of {int(sel.sum())} aligned"], columns=2)
-    sections.append("\n".join([
+    return "\n".join([
         "## Alignment (classical, to the reference)",
         f"{int(sel.sum())} particles of class 1: median angular error {np.median(ang):.2f}°, median shift error "
         f"{np.median(shf):.2f} px (SNR {sim.snr:g}).",
         "",
         "![average](alignment_average.png)",
-    ]))
-    steps.update()
+    ])
 
-    # 5. Clustering of the whole stack into its classes (Siamese + MRA refinement, the default).
+
+def cluster_step(demo: DemoRun) -> str:
+    """Clustering of the whole stack into its classes (Siamese + MRA refinement, the default)."""
     from .cluster import cluster
     from .metrics import adjusted_rand_index, clustering_accuracy
 
+    sim = demo.made["particles"]
     cres = cluster(sim.images, len(sim.references), method="siamese")
     ari = adjusted_rand_index(sim.classes, cres.labels)
     acc = clustering_accuracy(sim.classes, cres.labels)
-    plot_montage(cres.averages.averages, out / "class_averages.png",
+    plot_montage(cres.averages.averages, demo.out / "class_averages.png",
                  labels=[f"class {c + 1}: {int(n)}" for c, n in enumerate(cres.counts)],
                  columns=len(cres.counts))
-    sections.append("\n".join([
+    return "\n".join([
         "## Clustering (Siamese + MRA refinement)",
         f"{len(cres.labels)} particles into {cres.k} classes in {cres.info['seconds']['total']:.1f} s: ARI "
         f"{ari:.3f}, accuracy {acc:.3f} against the true classes; class averages, largest class first:",
         "",
         "![class averages](class_averages.png)",
-    ]))
-    steps.update()
-
-    # 6. Screenshots of every dock widget after a real run.
-    if screenshots:
-        shots, problem = widget_screenshots(out / "screenshots", budget=3.0 if quick else 20.0)
-        lines = ["## The dock widgets", ""]
-        lines += [f"![{p.stem}](screenshots/{p.name})" for p in shots]
-        if problem:
-            lines.append(f"Screenshots incomplete: {problem}")
-        sections.append("\n".join(lines))
-    steps.update()
-
-    # 7. Report.
-    header = "\n".join([
-        "# napari-cryoden demo report",
-        "",
-        f"napari-cryoden {__version__}, Python {platform.python_version()}, {platform.machine()}, "
-        f"{os.cpu_count()} CPUs; {datetime.now(timezone.utc):%Y-%m-%d %H:%M} UTC; "
-        f"ran in {time.perf_counter() - t0:.1f} s.",
-        "",
     ])
-    report = write_text(out / "report.md", header + "\n\n".join(sections) + "\n")
-    steps.update()
-    steps.close()
-    return report
+
+
+def screenshots_step(demo: DemoRun) -> str | None:
+    """A screenshot of every dock widget after a real run."""
+    if not demo.screenshots:
+        return None
+    shots, problem = widget_screenshots(demo.out / "screenshots", budget=3.0 if demo.quick else 20.0)
+    lines = ["## The dock widgets", ""]
+    lines += [f"![{p.stem}](screenshots/{p.name})" for p in shots]
+    if problem:
+        lines.append(f"Screenshots incomplete: {problem}")
+    return "\n".join(lines)
+
+
+#: The demo, in order; each step returns its report section.
+STEPS = (tomogram_step, particles_step, denoise_step, align_step, cluster_step, screenshots_step)
 
 
 def widget_screenshots(outdir: Path, *, budget: float) -> tuple[list[Path], str | None]:
