@@ -1,5 +1,5 @@
-"""Classical denoisers: each lowers the MSE on simulated particles, leaves clean images almost unchanged,
-handles stacks image by image, read-only memory maps and bad input."""
+"""Classical denoisers: each beats a flat image at the particle mean on simulated particles, leaves clean images
+almost unchanged, handles stacks image by image, read-only memory maps and bad input."""
 
 from __future__ import annotations
 
@@ -51,12 +51,19 @@ def denoise(method_name, data, *, is_stack, params=None, **kw):
 
 
 @pytest.mark.parametrize("name", list(FAST))
-def test_lowers_mse_on_noisy_particles(name, particles):
+def test_beats_the_flat_image_and_the_raw_input(name, particles):
     noisy, clean = particles
     out = denoise(name, noisy, is_stack=True)
     assert out.shape == noisy.shape and out.dtype == np.float32
+    err = np.mean((out - clean) ** 2)
     raw = np.mean((noisy - clean) ** 2)
-    assert np.mean((out - clean) ** 2) < 0.5 * raw
+    # At SNR 0.3 a flat image at each particle's mean has 0.30x the raw MSE, so "below half the raw MSE" alone
+    # is passed by it; the method must beat that flat image by a margin. Measured (MSE / flat-image MSE, particle
+    # seeds 3 and 4, the same at 1 and 2 threads): gaussian 0.31/0.27, median 0.66/0.63, bm3d 0.30/0.27, ksvd
+    # 0.40/0.43, ddtf 0.36/0.36. A sigma = 0.5 Gaussian blur (1.44x) fails. Not claimed: beating the Gaussian
+    # tuned on the truth (the oracle, test_gaussian_oracle_picks_best_sigma_on_grid); only BM3D matches it here.
+    flat = np.mean((np.broadcast_to(noisy.mean(axis=(1, 2), keepdims=True), noisy.shape) - clean) ** 2)
+    assert err < 0.8 * flat and err < 0.5 * raw, (err / flat, err / raw)
 
 
 @pytest.mark.parametrize("name", ["bm3d", "ksvd", "ddtf"])

@@ -192,8 +192,13 @@ def noisy_volume():
     return clean.astype(np.float32), noisy.astype(np.float32)
 
 
+def _light_blur_psnr(clean, noisy, *, is_stack: bool = False) -> float:
+    """PSNR of the baseline a short training must beat: a sigma = 0.5 Gaussian blur (in-plane for a stack)."""
+    return metrics.psnr(clean, gaussian_filter(noisy, (0, 0.5, 0.5) if is_stack else 0.5), fit=True)
+
+
 @pytest.mark.parametrize("method", ["self2self", "fourier-n2n"])
-def test_a_short_training_beats_the_raw_input(noisy_volume, method):
+def test_a_short_training_beats_a_light_gaussian_blur(noisy_volume, method):
     clean, noisy = noisy_volume
     # No smoothing channels: the untrained network would already be a Gaussian filter, and this test is about
     # what training itself achieves.
@@ -205,7 +210,14 @@ def test_a_short_training_beats_the_raw_input(noisy_volume, method):
     assert all(np.isfinite(e.loss) for e in events)
     denoised = run(iter_predict(model, noisy, seed=0))
     assert denoised.shape == noisy.shape and denoised.dtype == np.float32
-    assert metrics.psnr(clean, denoised, fit=True) > metrics.psnr(clean, noisy, fit=True) + 2.0
+    # The baseline is a sigma = 0.5 Gaussian blur (+2.5 dB over the raw input here), which passed the old "+2 dB
+    # over raw" claim. Measured over that blur (seed 0 at 1 and 2 threads, the same; seed 1 and a second volume at
+    # 2): self2self +3.6 to +4.1 dB, fourier-n2n +2.0 to +2.4 dB. Not the tuned Gaussian (sigma 1.5: +10.8 dB
+    # over raw): these 40 steps reach +4.5 to +6.6 dB over raw, and even 160 steps stay 3.5 dB below it; beating the
+    # oracle Gaussian takes the minutes of training of docs/benchmarks, not a unit test.
+    psnr = metrics.psnr(clean, denoised, fit=True)
+    assert psnr > _light_blur_psnr(clean, noisy) + 1.0, (psnr, _light_blur_psnr(clean, noisy))
+    assert psnr > metrics.psnr(clean, noisy, fit=True) + 3.0
 
 
 def test_n2n_halves_and_2d_stacks(noisy_volume):
@@ -213,13 +225,20 @@ def test_n2n_halves_and_2d_stacks(noisy_volume):
     rng = np.random.default_rng(0)
     half1 = clean + rng.normal(scale=2.0, size=clean.shape).astype(np.float32)
     half2 = clean + rng.normal(scale=2.0, size=clean.shape).astype(np.float32)
-    params = default_params("n2n-halves", dims=2, patch_size=32, batch_size=8, time_budget=0, epochs=3,
-                            base_channels=8, depth=2, learning_rate=2e-3)
+    # No smoothing channels (with them the untrained network scored +6.7 dB over the average, the trained one
+    # +6.65 dB, so the test did not measure training), and 80 steps instead of 30 (30 only matched the blur).
+    params = default_params("n2n-halves", dims=2, patch_size=32, batch_size=8, time_budget=0, epochs=8,
+                            base_channels=8, depth=2, learning_rate=2e-3, smooth_sigmas="")
     model = run(iter_train(half1, params, method="n2n-halves", half2=half2, is_stack=True, seed=0))
     assert model.net_config.dims == 2
     out = run(iter_predict(model, half1, half2=half2, is_stack=True))
+    # Baselines: the average of the halves, and its sigma = 0.5 in-plane blur (+1.6 dB over the average). Measured
+    # over that blur: +3.8 to +4.3 dB (training seeds 0-2; seed 0 the same at 1 and 2 threads). Not claimed: the
+    # tuned Gaussian of the average (sigma 1.5, +7.6 dB over the average; the training reaches +5.4 to +5.8).
     average = (half1 + half2) / 2
-    assert metrics.psnr(clean, out, fit=True) > metrics.psnr(clean, average, fit=True)
+    psnr = metrics.psnr(clean, out, fit=True)
+    assert psnr > _light_blur_psnr(clean, average, is_stack=True) + 2.0, psnr
+    assert psnr > metrics.psnr(clean, average, fit=True) + 3.5
 
 
 def test_same_seed_same_result(noisy_volume):
@@ -373,12 +392,15 @@ def test_cli_denoise_reads_a_star_list_of_tomograms(tmp_path, noisy_volume, caps
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
 def test_cuda_train_and_predict_match_cpu_shapes(noisy_volume):
     clean, noisy = noisy_volume
+    # No smoothing channels: with them the untrained network is already a Gaussian filter and beat the raw input
+    # alone. The same settings and baseline as the CPU test (mixed precision on the GPU: same margin, not values).
     params = default_params("self2self", dims=3, patch_size=16, batch_size=8, time_budget=0, epochs=4,
-                            base_channels=8, depth=2, n_predictions=4, learning_rate=2e-3)
-    model = run(iter_train(noisy, params, method="self2self", device="cuda"))
-    out = run(iter_predict(model, noisy, device="cuda"))
-    assert out.shape == noisy.shape
-    assert metrics.psnr(clean, out, fit=True) > metrics.psnr(clean, noisy, fit=True)
+                            base_channels=8, depth=2, n_predictions=4, learning_rate=2e-3, smooth_sigmas="")
+    model = run(iter_train(noisy, params, method="self2self", device="cuda", seed=0))
+    out = run(iter_predict(model, noisy, device="cuda", seed=0))
+    assert out.shape == noisy.shape and np.isfinite(out).all()
+    psnr = metrics.psnr(clean, out, fit=True)
+    assert psnr > _light_blur_psnr(clean, noisy) + 1.0, (psnr, _light_blur_psnr(clean, noisy))
 
 
 def test_prediction_halves_the_tile_and_retries_when_memory_runs_out(monkeypatch, caplog):

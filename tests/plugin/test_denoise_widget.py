@@ -41,7 +41,10 @@ def test_train_and_predict_adds_a_denoised_layer(noisy_layers, qtbot):
     viewer, layer, clean = noisy_layers
     widget = _widget(viewer)
     widget.image.value = layer
-    _small(widget)
+    # No smoothing channels: with them the untrained network is already a Gaussian filter (+5.7 dB over the raw
+    # input here, the trained one +6.4), so a PSNR check would not see whether training worked. 60 steps: with 20,
+    # and the channels off, the result only matched a sigma = 0.5 blur.
+    _small(widget, epochs=6, smooth_sigmas="")
     events = []
     widget.runner.on_event = lambda ev: (events.append(ev), widget._on_event(ev))
     widget.run("both")
@@ -54,7 +57,13 @@ def test_train_and_predict_adds_a_denoised_layer(noisy_layers, qtbot):
     assert any(e.stage == "train" for e in events) and any(e.stage == "predict" for e in events)
     assert widget.model is not None and widget.predict_button.enabled
     assert widget.progress.bar.format() == "done"
-    assert metrics.psnr(clean, out.data, fit=True) > metrics.psnr(clean, layer.data, fit=True)
+    assert out.metadata["params"]["smooth_sigmas"] == ""
+    # Baseline: a sigma = 0.5 Gaussian blur of the input (+2.9 dB over it). Measured over that blur: +1.9 to +2.0 dB
+    # (seed 0 at 1 and 2 threads, seed 1 at 2); over the raw input +4.9 dB. Not claimed: the tuned Gaussian (sigma
+    # 1: +9.5 dB over raw), out of reach of a test-sized training.
+    psnr = metrics.psnr(clean, out.data, fit=True)
+    blur = metrics.psnr(clean, gaussian_filter(layer.data, 0.5), fit=True)
+    assert psnr > blur + 1.0, (psnr, blur)
 
 
 def test_cancel_stops_and_adds_nothing(noisy_layers, qtbot):
