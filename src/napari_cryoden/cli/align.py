@@ -6,6 +6,7 @@ from pathlib import Path
 
 import numpy as np
 
+from ..align import METHODS
 from ..align.result import SCORE_COLUMN, with_alignment
 from ..errors import CryodenInputError
 from ..io.star import rebase_image_names
@@ -172,7 +173,7 @@ def register(commands: dict) -> None:
                     f"rlnOriginX/YAngst, {SCORE_COLUMN} = normalised cross-correlation), the aligned stack "
                     "and the average. Convention: docs/conventions.md.")
     add_particle_inputs(p, job="alignment", suffix="_aligned.star")
-    p.add_argument("--method", choices=("fft", "udl", "judl"), default="fft",
+    p.add_argument("--method", choices=METHODS, default="fft",
                    help="fft: classical Fourier cross-correlation (default); udl / judl: deep difference learning")
     p.add_argument("--reference", help="2D reference image, or a 3D map (projected along z); none: reference-free")
     p.add_argument("--aligned", help="write the aligned stack (.mrcs)")

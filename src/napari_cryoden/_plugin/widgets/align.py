@@ -16,6 +16,7 @@ import pandas as pd
 from magicgui.widgets import CheckBox, ComboBox, Container, Label, PushButton, create_widget
 from qtpy.QtWidgets import QFileDialog
 
+from ...align import METHODS
 from ...align.cross_correlation import ClassicalParams, iter_align_reference_free, iter_align_to_reference
 from ...align.result import with_alignment
 from ...align.udl import DeepAlignParams, iter_align_with_model, iter_train
@@ -33,7 +34,6 @@ from ._params import params_form, params_from_form
 from ._progress import ProgressRow
 
 STATE_KEY = "align"
-METHODS = ("fft", "udl", "judl")
 
 
 def reference_image(layer, box: int) -> np.ndarray:
