@@ -79,3 +79,44 @@ def test_simulate_yields_progress_and_cancels(make_napari_viewer, qtbot, kind):
     qtbot.wait(500)
     assert w.runner.state is JobState.CANCELLED and w.progress.bar.format() == "cancelled"
     assert len(viewer.layers) == n_layers  # the cancelled run added nothing
+
+
+CLOSE_MID_JOB = """
+import time
+import numpy as np
+import napari
+from qtpy.QtWidgets import QApplication
+viewer = napari.Viewer(show=False)
+viewer.add_image(np.random.default_rng(0).standard_normal((32, 64, 64)).astype(np.float32), name="noisy")
+_, w = viewer.window.add_plugin_dock_widget("napari-cryoden", "Denoise")
+w.image.value = viewer.layers["noisy"]
+w.run("train")
+app = QApplication.instance()
+end = time.time() + 120
+while not w.progress.label.text().startswith("ETA") and time.time() < end:  # training for real
+    app.processEvents()
+    time.sleep(0.02)
+assert w.runner.running, "the job should still be running"
+runner = w.runner
+viewer.close()  # the user closes napari mid-job
+for _ in range(60):
+    app.processEvents()
+    time.sleep(0.05)
+print("state", runner.state.value, flush=True)
+"""
+
+
+def test_closing_the_viewer_mid_job_cancels_it_cleanly(tmp_path):
+    # In a subprocess: before the fix the job's next event reached a deleted progress bar and PyQt aborted the
+    # whole process (exit 134).
+    import os
+    import subprocess
+    import sys
+
+    script = tmp_path / "close_mid_job.py"
+    script.write_text(CLOSE_MID_JOB)
+    done = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=600,
+                          env={**os.environ, "CRYODEN_CONFIG_DIR": str(tmp_path)})
+    assert done.returncode == 0, (done.returncode, done.stderr[-2000:])
+    assert "state cancelled" in done.stdout
+    assert "has been deleted" not in done.stderr

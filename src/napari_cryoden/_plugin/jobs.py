@@ -25,6 +25,25 @@ from .notify import notify_error, notify_info
 log = logging.getLogger(__name__)
 
 
+_QUIT_GUARD = False
+
+
+def _wait_for_workers_on_quit() -> None:
+    """Once per process: when the application quits, give cancelled jobs up to 30 s to reach their next
+    ``yield`` and stop, instead of tearing Qt down under a running worker thread."""
+    global _QUIT_GUARD
+    if _QUIT_GUARD:
+        return
+    from qtpy.QtCore import QThreadPool
+    from qtpy.QtWidgets import QApplication
+
+    app = QApplication.instance()
+    if app is None:
+        return
+    app.aboutToQuit.connect(lambda: QThreadPool.globalInstance().waitForDone(30_000))
+    _QUIT_GUARD = True
+
+
 def release_gpu_memory() -> None:
     """Give cached GPU memory back to the driver once a job has ended (no-op without CUDA)."""
     import gc
@@ -62,6 +81,17 @@ class JobRunner:
     def on_state(self, listener: Callable[[JobState, str], None]) -> None:
         """Call ``listener(state, text)`` on every change of state (``text``: the job's first words)."""
         self._listeners.append(listener)
+
+    def remove_listener(self, listener) -> None:
+        if listener in self._listeners:
+            self._listeners.remove(listener)
+
+    def detach(self) -> None:
+        """The widget is going away (its dock or the viewer closed): forget its callbacks and cancel the job,
+        so nothing the job still emits reaches a deleted Qt object (which aborts the whole process)."""
+        self._listeners.clear()
+        self.on_event = self.on_done = self.on_finished = None
+        self.cancel()
 
     def _set_state(self, state: JobState, text: str = "") -> None:
         self.state = state
@@ -135,6 +165,7 @@ class JobRunner:
         worker.aborted.connect(_aborted)
         worker.finished.connect(_finished)
         self.worker = worker
+        _wait_for_workers_on_quit()
         worker.start()
         return worker
 

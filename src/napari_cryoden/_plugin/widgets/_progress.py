@@ -50,6 +50,9 @@ class ProgressRow(QWidget):
 
         runner.on_state(changed)
         self.cancel_button.clicked.connect(runner.cancel)
+        # Closing the dock or the viewer deletes this row (and the widget around it) while a job may still run:
+        # the runner must let go of every callback first, or the job's next event lands on a deleted Qt object.
+        self.destroyed.connect(lambda *_: runner.detach())
 
     def start(self, text: str = "starting") -> None:
         self.bar.setValue(0)
