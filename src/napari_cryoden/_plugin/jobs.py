@@ -89,6 +89,8 @@ class JobRunner:
     def detach(self) -> None:
         """The widget is going away (its dock or the viewer closed): forget its callbacks and cancel the job,
         so nothing the job still emits reaches a deleted Qt object (which aborts the whole process)."""
+        if not hasattr(self, "_listeners"):  # already torn down with its widget (Python finalised it first)
+            return
         self._listeners.clear()
         self.on_event = self.on_done = self.on_finished = None
         self.cancel()

@@ -51,10 +51,14 @@ SCORE_COLUMN = "rlnCryodenScore"
 def with_alignment(particles, result: AlignmentResult, *, pixel_size: float):
     """A copy of the particle rows (pandas DataFrame) with the alignment in RELION 3.1 columns:
     ``rlnAnglePsi`` (degrees), ``rlnOriginXAngst`` / ``rlnOriginYAngst`` (Å, from pixels × ``pixel_size``) and
-    :data:`SCORE_COLUMN`. Used by ``cryoden align`` and the Align widget's export alike."""
+    :data:`SCORE_COLUMN`. Used by ``cryoden align`` and the Align widget's export alike.
+
+    Every other column is kept (CTF, micrograph names, classes, ...), except ``rlnAngleRot`` and
+    ``rlnAngleTilt``: a 3D orientation from an earlier refinement does not belong beside a new in-plane psi,
+    and RELION would read the three as one orientation."""
     if len(particles) != len(result.angles):
         raise ValueError(f"{len(particles)} particle rows but {len(result.angles)} aligned particles")
-    rows = particles.reset_index(drop=True).copy()
+    rows = particles.reset_index(drop=True).drop(columns=["rlnAngleRot", "rlnAngleTilt"], errors="ignore").copy()
     rows["rlnAnglePsi"] = result.angles
     rows["rlnOriginXAngst"] = result.origins[:, 0] * float(pixel_size)
     rows["rlnOriginYAngst"] = result.origins[:, 1] * float(pixel_size)

@@ -51,15 +51,18 @@ def _ctf_reader(table, box: int, pixel_size: float):
     from ..simulate.ctf import ctf_2d
 
     optics = table.optics.iloc[0]
+    missing = [c for c in ("rlnVoltage", "rlnSphericalAberration", "rlnAmplitudeContrast") if c not in optics]
+    if missing:  # never assume a microscope: a wrong voltage or Cs gives a wrong CTF without any warning
+        raise CryodenInputError(table.path, f"--ctf needs {', '.join(missing)} in the optics table")
     du = p["rlnDefocusU"].to_numpy(float)
     dv = p["rlnDefocusV"].to_numpy(float) if "rlnDefocusV" in p else du
     da = p["rlnDefocusAngle"].to_numpy(float) if "rlnDefocusAngle" in p else np.zeros_like(du)
 
     def read(start, stop):
         return ctf_2d((box, box), pixel_size=pixel_size, defocus_u=du[start:stop], defocus_v=dv[start:stop],
-                      defocus_angle=da[start:stop], voltage=float(optics.get("rlnVoltage", 300.0)),
-                      cs=float(optics.get("rlnSphericalAberration", 2.7)),
-                      amplitude_contrast=float(optics.get("rlnAmplitudeContrast", 0.1))).astype(np.float32)
+                      defocus_angle=da[start:stop], voltage=float(optics["rlnVoltage"]),
+                      cs=float(optics["rlnSphericalAberration"]),
+                      amplitude_contrast=float(optics["rlnAmplitudeContrast"])).astype(np.float32)
 
     return read
 

@@ -77,21 +77,28 @@ class ParticleTable:
         return ParticleTable(particles=particles.reset_index(drop=True), optics=self.optics, path=self.path)
 
 
-def make_optics_table(*, pixel_size: float, image_size: int, voltage: float = 300.0, cs: float = 2.7,
-                      amplitude_contrast: float = 0.1, group_name: str = "opticsGroup1") -> pd.DataFrame:
-    """A one-group RELION 3.1 optics table (pixel size in Å, voltage in kV, Cs in mm)."""
+def make_optics_table(*, pixel_size: float, image_size: int, voltage: float | None = None,
+                      cs: float | None = None, amplitude_contrast: float | None = None,
+                      group_name: str = "opticsGroup1") -> pd.DataFrame:
+    """A one-group RELION 3.1 optics table (pixel size in Å, voltage in kV, Cs in mm).
+
+    Microscope values that are not given are left out, never made up: a STAR file without ``rlnVoltage`` says
+    plainly that the voltage is unknown, where an invented 300 kV would silently mislead a CTF refinement.
+    """
     if not pixel_size or pixel_size <= 0:
         raise ValueError(f"pixel size must be positive, got {pixel_size}")
-    return pd.DataFrame({
+    table = {
         "rlnOpticsGroup": [1],
         "rlnOpticsGroupName": [group_name],
         "rlnImagePixelSize": [float(pixel_size)],
         "rlnImageSize": [int(image_size)],
         "rlnImageDimensionality": [2],
-        "rlnVoltage": [float(voltage)],
-        "rlnSphericalAberration": [float(cs)],
-        "rlnAmplitudeContrast": [float(amplitude_contrast)],
-    })
+    }
+    for column, value in (("rlnVoltage", voltage), ("rlnSphericalAberration", cs),
+                          ("rlnAmplitudeContrast", amplitude_contrast)):
+        if value is not None:
+            table[column] = [float(value)]
+    return pd.DataFrame(table)
 
 
 #: Particle columns the package computes with: they must hold finite numbers (a NaN origin or angle would
@@ -299,7 +306,8 @@ def _checked_optics_groups(path: Path, particles: pd.DataFrame, optics: pd.DataF
     return particles
 
 
-def _first_number(path: Path, particles: pd.DataFrame, column: str, rows, default: float, where: str) -> float:
+def _first_number(path: Path, particles: pd.DataFrame, column: str, rows, default: float | None,
+                  where: str) -> float | None:
     if column not in particles:
         return default
     return float(_numeric_column(path, particles.iloc[rows[:1]], column, where).iloc[0])
@@ -354,9 +362,9 @@ def _upgrade_relion30(path: Path, particles: pd.DataFrame, where: str = "the par
         optics_rows.append(make_optics_table(
             pixel_size=float(apix[first]),
             image_size=image_size,
-            voltage=_first_number(path, particles, "rlnVoltage", row, 300.0, where),
-            cs=_first_number(path, particles, "rlnSphericalAberration", row, 2.7, where),
-            amplitude_contrast=_first_number(path, particles, "rlnAmplitudeContrast", row, 0.1, where),
+            voltage=_first_number(path, particles, "rlnVoltage", row, None, where),
+            cs=_first_number(path, particles, "rlnSphericalAberration", row, None, where),
+            amplitude_contrast=_first_number(path, particles, "rlnAmplitudeContrast", row, None, where),
             group_name=f"opticsGroup{group}",
         ).assign(rlnOpticsGroup=group))
     optics = pd.concat(optics_rows, ignore_index=True)

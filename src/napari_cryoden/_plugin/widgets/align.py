@@ -25,7 +25,7 @@ from ...io.star import write_star
 from ...models import ModelFile, load_model, save_model
 from ...params import as_dict
 from ...simulate import project_map
-from ..export import layer_particle_table, open_sources
+from ..export import derived_metadata, layer_particle_table, open_sources, source_particle_table
 from ..jobs import JobRunner
 from ..layers import add_image_result, add_layer, alignment_layers, particle_stack_input
 from ..notify import notify_error, notify_info
@@ -152,9 +152,15 @@ class AlignWidget(Container):
                                  "shift_y": result.origins[:, 1], "score": result.scores})
         if "network_angles" in result.info:  # UDL/JUDL: the network's own estimate, before the refinement
             features["network_psi"] = result.info["network_angles"]
-        meta = {**meta, "features": features}
+        meta = {**meta, "alignment": features}
         if result.aligned is not None:
-            add_image_result(self.viewer, result.aligned, source=layer, name=f"{layer.name} aligned", metadata=meta)
+            # The aligned stack carries the source's particle table with the new alignment (and its optics and
+            # files), so clustering it and exporting keeps every column and writes this alignment.
+            source = source_particle_table(layer)
+            provenance = {} if source is None else derived_metadata(
+                layer, with_alignment(source.particles, result, pixel_size=px))
+            add_image_result(self.viewer, result.aligned, source=layer, name=f"{layer.name} aligned",
+                             metadata={**meta, **provenance})
         for tup in alignment_layers(result, name=layer.name, pixel_size=px, features=features, metadata=meta):
             add_layer(self.viewer, tup)
         self.export_button.enabled = True
