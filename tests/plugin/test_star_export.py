@@ -102,3 +102,14 @@ def test_a_layer_without_a_star_source_gets_no_made_up_optics(make_particle_view
     for invented in ("rlnVoltage", "rlnSphericalAberration", "rlnAmplitudeContrast"):
         assert invented not in table.optics
     assert table.pixel_size() == pytest.approx(float(viewer.layers["particles"].scale[-1]))
+
+
+def test_align_and_cluster_offer_particle_stacks_not_the_sample_tomogram(make_napari_viewer):
+    viewer = make_napari_viewer()
+    viewer.open_sample(PLUGIN, "synthetic-tomogram")
+    viewer.open_sample(PLUGIN, "synthetic-particles")
+    for name in ("Align", "Cluster"):
+        _, w = viewer.window.add_plugin_dock_widget(PLUGIN, name)
+        offered = [layer.name for layer in w.stack.choices]
+        assert offered and not any("tomogram" in n for n in offered), offered
+        assert "tomogram" not in w.stack.value.name and w.stack.value.data.ndim == 3

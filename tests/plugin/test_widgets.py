@@ -75,9 +75,10 @@ def test_align_cancel_and_bad_input(particle_viewer, qtbot, monkeypatch):
     monkeypatch.setattr(module, "notify_error", lambda exc: shown.append(str(exc)))
     _, w = viewer.window.add_plugin_dock_widget(PLUGIN, "Align")
     viewer.add_image(np.zeros((16, 16), np.float32), name="flat image")
-    w.stack.value = viewer.layers["flat image"]
-    w.run()
-    assert shown and "flat image" in shown[-1] and "particle stack" in shown[-1]
+    viewer.add_image(np.zeros((8, 16, 16), np.float32), name="tomogram", metadata={"is_stack": False})
+    w.reset_choices()
+    offered = [layer.name for layer in w.stack.choices]
+    assert "flat image" not in offered and "tomogram" not in offered and "particles" in offered
     n_layers = len(viewer.layers)
     w.stack.value = viewer.layers["particles"]
     w.reference.value = None

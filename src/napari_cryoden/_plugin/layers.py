@@ -215,6 +215,26 @@ def layer_input(layer) -> tuple[np.ndarray, bool, tuple]:
     return data, is_stack, voxel
 
 
+def is_particle_stack(layer) -> bool:
+    """Whether a layer can be aligned or clustered: a 3D image layer of square frames that is a stack (read as
+    one, or made from one); a volume (a tomogram, a map) is not, even when its planes are square."""
+    import napari
+
+    if not isinstance(layer, napari.layers.Image) or layer.data.ndim != 3 or layer.data.shape[1] != layer.data.shape[2]:
+        return False
+    meta = layer.metadata or {}
+    return bool(meta.get("is_stack", True))  # an array added by hand (no metadata) is taken at its word
+
+
+def particle_stack_choices(viewer):
+    """A magicgui ``choices`` callable listing the particle stacks of ``viewer`` (Align, Cluster)."""
+
+    def choices(_widget=None):
+        return [layer for layer in viewer.layers if is_particle_stack(layer)]
+
+    return choices
+
+
 def particle_stack_input(layer, *, check_values: int = 256) -> np.ndarray:
     """The data of a particle-stack layer (see :func:`layer_input`), checked: an (n, N, N) stack of square
     images whose first ``check_values`` images are finite. Raises CryodenInputError naming the layer."""

@@ -27,7 +27,7 @@ from ...params import as_dict
 from ...simulate import project_map
 from ..export import derived_metadata, layer_particle_table, open_sources, source_particle_table
 from ..jobs import JobRunner
-from ..layers import add_image_result, add_layer, alignment_layers, particle_stack_input
+from ..layers import add_image_result, add_layer, alignment_layers, particle_stack_choices, particle_stack_input
 from ..notify import notify_error, notify_info
 from ..settings import form_values, load_state, restore_values, save_state
 from ._params import params_form, params_from_form
@@ -52,7 +52,9 @@ class AlignWidget(Container):
     def __init__(self, viewer: napari.viewer.Viewer):
         super().__init__(labels=True)
         self.viewer = viewer
-        self.stack = create_widget(annotation=napari.layers.Image, label="particle stack")
+        # Only particle stacks are offered: a tomogram is never aligned as if its planes were particles.
+        self.stack = create_widget(annotation=napari.layers.Image, label="particle stack",
+                                   options={"choices": particle_stack_choices(viewer)})
         self.reference = create_widget(annotation=napari.layers.Image | None, label="reference",
                                        options={"nullable": True})
         state = load_state(STATE_KEY)
