@@ -51,7 +51,18 @@ class ProgressEvent:
 
     @property
     def fraction(self) -> float | None:
+        """How far the stage is, in [0, 1]: elapsed / (elapsed + ETA) when an ETA is known — so a training
+        that will stop at its time budget shows the budget's share, not steps of an epoch count it will
+        never reach — else steps / total; None when neither is known."""
+        if self.eta is not None and self.elapsed > 0:
+            return min(1.0, max(self.step / self.total if self.total else 0.0,
+                                self.elapsed / (self.elapsed + self.eta)))
         return None if not self.total else min(1.0, self.step / self.total)
+
+    @property
+    def rate(self) -> float | None:
+        """Measured steps per second of this stage (None before the first step)."""
+        return self.step / self.elapsed if self.step and self.elapsed > 0 else None
 
 
 class StageClock:
@@ -89,6 +100,12 @@ def run(gen: Generator[ProgressEvent, None, T], on_event: Callable[[ProgressEven
             on_event(event)
 
 
+def _seconds(value: float) -> str:
+    value = int(round(value))
+    return f"{value // 3600}h{value % 3600 // 60:02d}m" if value >= 3600 else (
+        f"{value // 60}m{value % 60:02d}s" if value >= 60 else f"{value}s")
+
+
 def run_with_bar(gen: Generator[ProgressEvent, None, T], *, disable: bool = False) -> T:
     """Consume a progress generator with one tqdm bar per stage (on stderr); returns its result."""
     import sys
@@ -98,15 +115,23 @@ def run_with_bar(gen: Generator[ProgressEvent, None, T], *, disable: bool = Fals
     bars: dict[str, tqdm] = {}
 
     def show(ev: ProgressEvent) -> None:
+        # The bar shows the event's own fraction, step count, measured rate and ETA (which knows a time budget);
+        # tqdm's rate would count jumps of the step counter as speed ("8289 step/s").
         bar = bars.get(ev.stage)
         if bar is None:
-            bar = bars[ev.stage] = tqdm(total=ev.total or None, desc=ev.stage, unit="step", file=sys.stderr,
-                                        disable=disable, dynamic_ncols=True)
-        if ev.total and bar.total != ev.total:
-            bar.total = ev.total
-        bar.n = ev.step
+            bar = bars[ev.stage] = tqdm(total=1000, desc=ev.stage, file=sys.stderr, disable=disable,
+                                        dynamic_ncols=True, bar_format="{desc} {percentage:3.0f}%|{bar}|{postfix}")
+        fraction = ev.fraction
+        bar.n = int(round(1000 * fraction)) if fraction is not None else 0
+        parts = [f"{ev.step}/{ev.total}" if ev.total else f"{ev.step}"]
+        if ev.rate is not None:
+            parts.append(f"{ev.rate:.3g} step/s" if ev.rate >= 1 else f"{1 / ev.rate:.3g} s/step")
+        parts.append(f"elapsed {_seconds(ev.elapsed)}")
+        if ev.eta is not None:
+            parts.append(f"ETA {_seconds(ev.eta)}")
         if ev.loss is not None:
-            bar.set_postfix(loss=f"{ev.loss:.4g}", refresh=False)
+            parts.append(f"loss {ev.loss:.4g}")
+        bar.set_postfix_str(", ".join(parts), refresh=False)
         bar.refresh()
 
     try:

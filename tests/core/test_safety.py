@@ -430,3 +430,15 @@ def test_a_batch_lists_compressed_maps_and_names_outputs_uncompressed(tmp_path, 
     rc, _, err = run(capsys, "denoise", tmp_path, "-o", out, "--method", "gaussian")
     assert rc == 0, err
     assert sorted(p.name for p in out.iterdir()) == ["emd_1_denoised.map", "emd_2_denoised.map"]
+
+
+def test_progress_follows_a_time_budget_and_reports_measured_rates():
+    from napari_cryoden.progress import ProgressEvent
+
+    # 3 of 1000 steps done, but the 60 s budget is 45 s spent: 75 %, not 0.3 %.
+    ev = ProgressEvent("train", 3, 1000, elapsed=45.0, eta=15.0)
+    assert ev.fraction == pytest.approx(0.75)
+    assert ev.rate == pytest.approx(3 / 45)
+    # Without a budget the ETA is linear in steps and the fraction is the steps' share.
+    assert ProgressEvent("train", 250, 1000, elapsed=10.0, eta=30.0).fraction == pytest.approx(0.25)
+    assert ProgressEvent("x", 0, 0).fraction is None and ProgressEvent("x", 0, 5).rate is None
