@@ -131,8 +131,10 @@ def test_compare_table_and_frc(make_napari_viewer, qtbot):
     viewer.add_image(clean, name="clean", scale=(5.0, 5.0, 5.0))
     viewer.add_image(clean + 0.1 * rng.normal(size=clean.shape).astype(np.float32), name="good")
     viewer.add_image(clean + 2.0 * rng.normal(size=clean.shape).astype(np.float32), name="bad")
+    viewer.add_image(clean[0], name="a slice")  # another shape: not offered
     _, w = viewer.window.add_plugin_dock_widget(PLUGIN, "Compare")
     w.reference.value = viewer.layers["clean"]
+    assert sorted(w.layers.choices) == ["bad", "good"]  # the reference's shape, not the reference itself
     w.layers.value = ["good", "bad"]
     w.run()
     assert set(w.results) == {"good", "bad"}

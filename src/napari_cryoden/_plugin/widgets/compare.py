@@ -41,11 +41,16 @@ class CompareWidget(Container):
         self.results: dict[str, dict] = {}
         self.button.changed.connect(self.run)
         self.grid.changed.connect(lambda v: setattr(self.viewer.grid, "enabled", bool(v)))
+        self.reference.changed.connect(lambda *_: self.layers.reset_choices())
         viewer.layers.events.inserted.connect(lambda e: self.layers.reset_choices())
         viewer.layers.events.removed.connect(lambda e: self.layers.reset_choices())
 
     def _image_names(self, *_):
-        return [layer.name for layer in self.viewer.layers if isinstance(layer, napari.layers.Image)]
+        """Image layers that can be compared with the reference: its shape, not itself (a layer of another shape
+        would only fail after the click)."""
+        ref = self.reference.value if hasattr(self, "reference") else None
+        return [layer.name for layer in self.viewer.layers if isinstance(layer, napari.layers.Image)
+                and (ref is None or (layer is not ref and layer.data.shape == ref.data.shape))]
 
     def run(self, *_):
         ref = self.reference.value
