@@ -113,14 +113,14 @@ _CAVEAT = ("Only as trustworthy as the simulation it was trained on: on data unl
 
 register(DenoiseMethod(
     name="cgan", title="Conditional GAN (supervised)", family="supervised", params=SupervisedParams,
-    denoise=iter_cgan,
+    needs_model=True, denoise=iter_cgan,
     description="pix2pix-style U-Net generator trained adversarially (PatchGAN) + L1 on simulated or given "
                 "(noisy, clean) pairs (`cryoden train-supervised cgan`). " + _CAVEAT + " Stacks image by "
                 "image; volumes slice by slice.",
 ))
 register(DenoiseMethod(
     name="autoencoder", title="U-Net autoencoder (supervised)", family="supervised", params=SupervisedParams,
-    denoise=iter_autoencoder,
+    needs_model=True, denoise=iter_autoencoder,
     description="The cGAN's U-Net generator trained alone with an L1/L2 loss on simulated or given (noisy, "
                 "clean) pairs (`cryoden train-supervised autoencoder`). " + _CAVEAT + " Stacks image by "
                 "image; volumes slice by slice.",
