@@ -16,7 +16,6 @@ from napari_cryoden.denoise.engine import (
     HalvesParams,
     Self2SelfParams,
     TrainedDenoiser,
-    _make_pair,
     default_params,
     iter_predict,
     iter_predict_to_file,
@@ -154,7 +153,7 @@ def test_block_masks_put_the_loss_only_where_no_kept_voxel_is_within_the_correla
     g = torch.Generator().manual_seed(0)
     x = torch.randn(2, 1, 32, 16, 16)
     p = Self2SelfParams(keep_probability=0.7, mask_block="5,1,1")
-    inp, _, weights = _make_pair("self2self", x, p, patch_spatial=(32, 16, 16), generator=g, block=(5, 1, 1))
+    inp, _, weights = get_method("self2self").make_pair(x, p, patch_spatial=(32, 16, 16), generator=g)
     kept = inp[:, 1:2]
     assert float(weights.sum()) > 0
     assert torch.equal(weights * kept, torch.zeros_like(kept))
@@ -168,7 +167,7 @@ def test_self2self_loss_only_sees_the_dropped_voxels():
     g = torch.Generator().manual_seed(0)
     x = torch.randn(2, 1, 16, 16, 16)
     p = Self2SelfParams(keep_probability=0.7, mask_block="1,1,1")
-    inp, target, weights = _make_pair("self2self", x, p, patch_spatial=(16, 16, 16), generator=g, block=None)
+    inp, target, weights = get_method("self2self").make_pair(x, p, patch_spatial=(16, 16, 16), generator=g)
     mask = inp[:, 1:2]
     assert torch.equal(weights, 1 - mask)
     assert torch.equal(inp[:, :1] * (1 - mask), torch.zeros_like(x))  # the network never sees dropped voxels
@@ -407,7 +406,6 @@ def test_prediction_halves_the_tile_and_retries_when_memory_runs_out(monkeypatch
     """The GPU path's out-of-memory handling, exercised on the CPU with a predictor that fails on big tiles."""
     import logging
 
-    from napari_cryoden.denoise import engine
     from napari_cryoden.denoise.engine import TrainedDenoiser, default_params, iter_predict
     from napari_cryoden.denoise.networks import UNet, UNetConfig
     from napari_cryoden.denoise.normalize import fit_normalization
@@ -420,7 +418,7 @@ def test_prediction_halves_the_tile_and_retries_when_memory_runs_out(monkeypatch
                             normalization=fit_normalization(vol), history=[])
     sizes = []
 
-    def fake_predictor(*args, **kwargs):
+    def fake_predictor(*args, **kwargs):  # the method object's tile predictor, replaced
         def predict(tiles):
             sizes.append(tiles.shape[-1])
             if tiles.shape[-1] > 16:
@@ -428,7 +426,7 @@ def test_prediction_halves_the_tile_and_retries_when_memory_runs_out(monkeypatch
             return tiles[:, 0] * 0.5
         return predict
 
-    monkeypatch.setattr(engine, "_tile_predictor", fake_predictor)
+    monkeypatch.setattr(get_method("fourier-n2n"), "tile_predictor", fake_predictor)
     with caplog.at_level(logging.WARNING, logger="napari_cryoden.denoise.engine"):
         out = run(iter_predict(model, vol, device="cpu"))
     assert sizes[0] == 32 and sizes[-1] == 16
