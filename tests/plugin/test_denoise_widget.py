@@ -121,3 +121,36 @@ def test_bad_input_is_a_notification_not_a_crash(make_napari_viewer, qtbot, monk
     widget.load_model_from("/nonexistent/model.pt")
     assert "model file not found" in shown[-1]
     assert widget.runner.worker is None and len(viewer.layers) == 2
+
+
+def test_a_registered_method_appears_in_the_menu_and_runs(noisy_layers, qtbot):
+    """A method is one registration: the widget lists it, builds its form and runs it with no edit of its own."""
+    from dataclasses import dataclass
+
+    from napari_cryoden.denoise import DenoiseMethod, register, unregister
+    from napari_cryoden.params import param
+    from napari_cryoden.progress import ProgressEvent
+
+    @dataclass(frozen=True)
+    class Halve:
+        factor: float = param(0.5, "multiplier", min=0.0, max=10.0)
+
+    def iter_halve(data, params, *, is_stack, voxel_size, seed, device, out):
+        yield ProgressEvent("denoise", 1, 1)
+        return np.asarray(data, dtype=np.float32) * params.factor
+
+    register(DenoiseMethod(name="toy-halve", title="Toy: halved", family="classical", params=Halve,
+                           denoise=iter_halve, description="The data times --factor."))
+    try:
+        viewer, layer, _ = noisy_layers
+        widget = _widget(viewer)
+        widget.image.value = layer
+        assert "toy-halve" in widget.method.choices
+        widget.method.value = "toy-halve"
+        assert [w.name for w in widget.form] == ["factor"] and widget.description.value == "The data times --factor."
+        assert not widget.train_button.enabled and widget.both_button.text == "Denoise"
+        widget.run("both")
+        qtbot.waitUntil(lambda: widget.runner.worker is None, timeout=60_000)
+        np.testing.assert_allclose(viewer.layers["noisy denoised (toy-halve)"].data, layer.data * 0.5)
+    finally:
+        unregister("toy-halve")

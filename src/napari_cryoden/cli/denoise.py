@@ -103,37 +103,49 @@ def _type_of(f: dataclasses.Field):
 
 
 def build_params(method, args: argparse.Namespace, *, dims: int):
-    """The method's defaults (2D-adjusted for self-supervised methods), overridden by the options given."""
-    from ..denoise.engine import PARAMS, default_params
+    """The method's defaults for ``dims``-dimensional data, overridden by the options given."""
     from ..params import validate
 
-    base = default_params(method.name, dims=dims) if method.name in PARAMS else method.params()
-    given = {}
-    for f in dataclasses.fields(method.params):
-        v = getattr(args, f"param_{f.name}", None)
-        if v is not None:
-            given[f.name] = v
-    if method.family == "supervised" and args.model:
+    base = method.default_params(dims=dims)
+    names = {f.name for f in dataclasses.fields(method.params)}
+    given = {name: getattr(args, f"param_{name}") for name in names if getattr(args, f"param_{name}", None) is not None}
+    if method.needs_model and args.model:  # one --model flag for every method that uses a model file
         given["model"] = str(args.model)
-    if args.time_budget is not None and "time_budget" in {f.name for f in dataclasses.fields(method.params)}:
-        given["time_budget"] = args.time_budget
-    if args.epochs is not None and "epochs" in {f.name for f in dataclasses.fields(method.params)}:
-        given["epochs"] = args.epochs
+    # --time-budget and --epochs are top-level flags, for the methods whose parameters have them.
+    for name in ("time_budget", "epochs"):
+        if getattr(args, name) is not None and name in names:
+            given[name] = getattr(args, name)
     try:
         return validate(dataclasses.replace(base, **given))
     except ValueError as exc:
         raise CryodenInputError(None, f"--method {method.name}: {exc}") from exc
 
 
+def check_method_options(method, args: argparse.Namespace, *, n_inputs: int) -> None:
+    """Refuse the options ``method`` cannot use, and ask for those it needs (its object says which)."""
+    if args.predict_only and not args.model:
+        raise CryodenInputError(None, "--predict-only needs a trained model (--model FILE)")
+    if args.save_model and not method.trains:
+        raise CryodenInputError(None, f"--save-model applies to self-supervised methods, not to {method.name} "
+                                      "(train supervised models with cryoden train-supervised)")
+    if args.model and not (method.trains or method.needs_model):
+        raise CryodenInputError(None, f"{method.name} uses no trained model; drop --model")
+    if method.needs_model and not args.model:
+        raise CryodenInputError(None, f"{method.name} needs a model trained with cryoden train-supervised: --model FILE")
+    if method.needs_half2 and (not args.half2 or n_inputs != 1) and not args.predict_only:
+        raise CryodenInputError(None, f"{method.name} trains on two halves: give one input and --half2 SECOND_HALF")
+
+
 def cmd_denoise(args) -> int:
     from .. import distributed
     from ..denoise import get_method
-    from ..denoise.engine import TrainedDenoiser, iter_predict_to_file, iter_train
+    from ..denoise.engine import TrainedDenoiser, iter_predict_to_file
+    from ..denoise.registry import DEFAULT_METHOD
     from ..device import describe_device, resolve_device
     from ..models import save_model
     from ..progress import run_with_bar
 
-    method = get_method(args.method)
+    method = get_method(args.method or DEFAULT_METHOD)
     inputs = expand_inputs(args.inputs)
     batch = len(inputs) > 1 or Path(args.output).is_dir()
     if batch:
@@ -155,18 +167,7 @@ def cmd_denoise(args) -> int:
             if ctx.is_main:
                 print(f"reusing the model an earlier run saved: {args.save_model} (--overwrite retrains)")
             args.model, args.predict_only, args.save_model = args.save_model, True, None
-    if args.predict_only and not args.model:
-        raise CryodenInputError(None, "--predict-only needs a trained model (--model FILE)")
-    trainable = method.family == "self-supervised"
-    if args.save_model and not trainable:
-        raise CryodenInputError(None, f"--save-model applies to self-supervised methods, not to {method.name} "
-                                      "(train supervised models with cryoden train-supervised)")
-    if args.model and method.family == "classical":
-        raise CryodenInputError(None, f"{method.name} uses no trained model; drop --model")
-    if method.family == "supervised" and not args.model:
-        raise CryodenInputError(None, f"{method.name} needs a model trained with cryoden train-supervised: --model FILE")
-    if method.name == "n2n-halves" and (not args.half2 or len(inputs) != 1) and not args.predict_only:
-        raise CryodenInputError(None, "n2n-halves trains on two halves: give one input and --half2 SECOND_HALF")
+    check_method_options(method, args, n_inputs=len(inputs))
 
     volumes = [read_mrc(p) for p in inputs]
     half2 = read_mrc(args.half2) if args.half2 else None
@@ -174,12 +175,12 @@ def cmd_denoise(args) -> int:
         require_finite(v.data, name=v.path)
     if half2 is not None and half2.data.shape != volumes[0].data.shape:
         raise CryodenInputError(args.half2, f"shape {half2.data.shape} differs from {inputs[0]}'s {volumes[0].data.shape}")
-    dev = resolve_device(args.device, need_fft=method.name == "fourier-n2n")
+    dev = resolve_device(args.device, need_fft=method.needs_fft)
     if not args.quiet:
-        print(f"method {method.name}; device {describe_device(dev)}")
+        print(f"method {method.name}{' (default)' if args.method is None else ''}; device {describe_device(dev)}")
 
     model, ckpt = None, None
-    if trainable:
+    if method.trains:
         first = volumes[0]
         dims = 2 if (first.is_stack or first.data.ndim == 2) else 3
         if args.model:
@@ -189,9 +190,9 @@ def cmd_denoise(args) -> int:
         if not args.predict_only:
             params = build_params(method, args, dims=dims)
             ckpt = checkpointer(args, args.output, protected)
-            gen = iter_train(first.data, params, method=method.name, is_stack=first.is_stack,
-                             half2=half2.data if half2 else None, model=model, seed=args.seed, device=dev,
-                             voxel_size=first.voxel_size, checkpoint=ckpt, resume=args.resume)
+            gen = method.train(first.data, params, is_stack=first.is_stack, half2=half2.data if half2 else None,
+                               model=model, seed=args.seed, device=dev, voxel_size=first.voxel_size, checkpoint=ckpt,
+                               resume=args.resume)
             model = run_with_bar(announce_resume(gen, ckpt), disable=args.quiet)
             if args.save_model and ctx.is_main:  # every process holds the same model
                 save_model(args.save_model, model.to_model_file(), inputs=protected)
@@ -201,7 +202,7 @@ def cmd_denoise(args) -> int:
     jobs = distributed.shard(jobs, ctx) if batch else (jobs if ctx.is_main else [])
     for vol, out in jobs:
         labels = [*vol.labels[:8], f"napari-cryoden denoise --method {method.name}"]
-        if trainable:
+        if method.trains:
             run_with_bar(iter_predict_to_file(model, vol.data, out, voxel_size=_zyx(vol), is_stack=vol.is_stack,
                                               origin=vol.origin, labels=labels, inputs=protected,
                                               half2=half2.data if (half2 is not None and vol is volumes[0]) else None,
@@ -212,8 +213,8 @@ def cmd_denoise(args) -> int:
             with MrcWriter(out, vol.data.shape, voxel_size=_zyx(vol), is_stack=vol.is_stack, origin=vol.origin,
                            labels=labels, inputs=protected) as target:
                 # Written straight into the memory-mapped output: host memory holds a slab or a chunk.
-                run_with_bar(method.denoise(vol.data, params, is_stack=vol.is_stack, voxel_size=vol.voxel_size,
-                                            seed=args.seed, device=args.device, out=target), disable=args.quiet)
+                run_with_bar(method.run(vol.data, params, is_stack=vol.is_stack, voxel_size=vol.voxel_size,
+                                        seed=args.seed, device=args.device, out=target), disable=args.quiet)
         print(f"wrote {out}" + (f" (rank {ctx.rank})" if ctx.world_size > 1 else ""))
     distributed.barrier(ctx)
     if ckpt is not None and ctx.is_main:
@@ -228,6 +229,7 @@ def _zyx(vol) -> tuple[float, ...]:
 
 def register(commands: dict) -> None:
     from ..denoise import methods
+    from ..denoise.registry import DEFAULT_METHOD
     from ..params import add_params_to_parser
 
     all_methods = methods()
@@ -239,13 +241,17 @@ def register(commands: dict) -> None:
                    help="MRC files, folders, glob patterns, or STAR files listing micrographs/tomograms "
                         "(rlnMicrographName or rlnTomoName)")
     p.add_argument("-o", "--output", required=True, help="output file (one input) or folder (several inputs)")
-    p.add_argument("--method", required=True, choices=sorted(all_methods), help="denoising method")
-    p.add_argument("--half2", help="second half volume (n2n-halves)")
+    # No argparse default, so the run can say the method was not chosen ("method self2self (default)").
+    p.add_argument("--method", choices=sorted(all_methods), default=None,
+                   help=f"denoising method (default: {DEFAULT_METHOD}, the best measured today)")
+    p.add_argument("--half2", help="second half volume (" + ", ".join(n for n, m in all_methods.items() if m.needs_half2)
+                   + ")")
     p.add_argument("--time-budget", type=float, help="wall-clock training budget in seconds")
     p.add_argument("--epochs", type=int, help="training epochs")
     p.add_argument("--device", default="auto", help="auto (CUDA, then MPS, then CPU), cpu, cuda, cuda:N, mps")
+    model_users = ", ".join(n for n, m in all_methods.items() if m.needs_model)
     p.add_argument("--model", help="trained model file: self-supervised methods predict with it (--predict-only) or "
-                                   "continue training it; supervised methods (cgan, autoencoder) need one")
+                                   f"continue training it; supervised methods ({model_users}) need one")
     p.add_argument("--save-model", help="save the trained model here (one file)")
     p.add_argument("--predict-only", action="store_true", help="do not train; needs --model")
     p.add_argument("--seed", type=int, default=0)

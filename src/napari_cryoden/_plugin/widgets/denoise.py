@@ -10,7 +10,8 @@ from magicgui.widgets import CheckBox, ComboBox, Container, Label, PushButton, S
 from qtpy.QtWidgets import QFileDialog
 
 from ...denoise import methods
-from ...denoise.engine import PARAMS, TrainedDenoiser, default_params, iter_predict, iter_train
+from ...denoise.engine import TrainedDenoiser
+from ...denoise.registry import DEFAULT_METHOD
 from ...errors import CryodenInputError
 from ...models import save_model
 from ...params import as_dict
@@ -38,7 +39,7 @@ class DenoiseWidget(Container):
         self.half2 = create_widget(annotation=napari.layers.Image | None, label="second half",
                                    options={"nullable": True})
         default = state.get("method") if state.get("method") in self._methods else (
-            "self2self" if "self2self" in self._methods else list(self._methods)[0])
+            DEFAULT_METHOD if DEFAULT_METHOD in self._methods else list(self._methods)[0])
         self.method = ComboBox(label="method", choices=list(self._methods), value=default)
         self.stack = CheckBox(label="2D (per image)", value=False,
                               tooltip="treat the first axis as an image index (particle stacks)")
@@ -85,19 +86,18 @@ class DenoiseWidget(Container):
 
     def _method_changed(self, *_):
         m = self.method_info
-        values = as_dict(default_params(m.name, dims=self._dims())) if m.name in PARAMS else None
+        values = as_dict(m.default_params(dims=self._dims()))
         self.form.clear()
         self.form.extend(list(params_form(m.params, values=values)))
         restore_values(self.form, self._saved_params.get(f"{m.name}/{self._dims()}d", {}))
         self.description.value = m.description
         self.description.tooltip = m.description
-        trainable = m.family == "self-supervised"
-        self.train_button.enabled = trainable
-        self.predict_button.enabled = trainable and self.model is not None
-        self.save_button.enabled = trainable and self.model is not None
-        self.load_button.enabled = trainable
-        self.both_button.text = "Train and predict" if trainable else "Denoise"
-        self.half2.visible = m.name == "n2n-halves"
+        self.train_button.enabled = m.trains
+        self.predict_button.enabled = m.trains and self.model is not None
+        self.save_button.enabled = m.trains and self.model is not None
+        self.load_button.enabled = m.trains
+        self.both_button.text = "Train and predict" if m.trains else "Denoise"
+        self.half2.visible = m.needs_half2
 
     def _save_state(self) -> None:
         """Remember the method and its settings (per method and 2D/3D) for the next napari session."""
@@ -131,9 +131,9 @@ class DenoiseWidget(Container):
         seed = int(self.seed.value)
         self._save_state()
         half2 = None
-        if m.name == "n2n-halves":
+        if m.needs_half2:
             if self.half2.value is None:
-                notify_error(CryodenInputError(layer.name, "Noise2Noise on halves needs the second half layer"))
+                notify_error(CryodenInputError(layer.name, f"{m.title} needs the second half layer"))
                 return
             half2 = layer_input(self.half2.value)[0]
         model = self.model
@@ -143,15 +143,16 @@ class DenoiseWidget(Container):
 
         def job():
             nonlocal model
-            if m.family != "self-supervised":
-                result = yield from m.denoise(data, params, is_stack=is_stack, voxel_size=voxel, seed=seed)
+            if not m.trains:
+                result = yield from m.run(data, params, is_stack=is_stack, voxel_size=voxel, seed=seed)
                 return None, result
             if mode in ("train", "both"):
-                model = yield from iter_train(data, params, method=m.name, is_stack=is_stack, half2=half2,
-                                              seed=seed, voxel_size=voxel)
+                model = yield from m.train(data, params, is_stack=is_stack, half2=half2, seed=seed, voxel_size=voxel)
             if mode == "train":
                 return model, None
-            result = yield from iter_predict(model, data, is_stack=is_stack, half2=half2, seed=seed)
+            # A loaded model predicts with its own method, whichever the menu shows now.
+            result = yield from self._methods[model.method].predict(model, data, is_stack=is_stack, half2=half2,
+                                                                   seed=seed)
             return model, result
 
         self.runner.cancel()  # before the plot is cleared, so no event of the old run lands on the new plot
