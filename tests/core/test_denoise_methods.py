@@ -10,6 +10,7 @@ import pytest
 from _cli import run as cryoden
 
 from napari_cryoden.denoise import DenoiseMethod, get_method, methods, register, unregister
+from napari_cryoden.denoise.engine import SelfSupervisedMethod, centre_crop
 from napari_cryoden.io.mrc import read_mrc, write_mrc
 from napari_cryoden.params import param
 from napari_cryoden.progress import ProgressEvent, run
@@ -124,3 +125,38 @@ def test_engine_names_follow_the_registry():
     assert engine.PARAMS["self2self"] is engine.Self2SelfParams is get_method("self2self").params
     with pytest.raises(ValueError, match="unknown method 'bm3d'"):
         run(engine.iter_train(np.zeros((16, 16, 16), np.float32), get_method("bm3d").params(), method="bm3d"))
+
+
+class IdentityPairs(SelfSupervisedMethod):
+    """A toy self-supervised method (the network learns to copy its input): only the two required hooks."""
+
+    name = "toy-identity"
+    title = "Toy: identity pairs"
+    description = "Input and target are the same patch (a test of the engine's method hooks)."
+
+    def make_pair(self, x, params, *, patch_spatial, generator):
+        x = centre_crop(x[:, :1], patch_spatial)
+        return x, x, None
+
+    def predict_batch(self, net, x, params, *, n_predictions, generator, device):
+        return net(x[:, :1])
+
+
+def test_a_self_supervised_method_is_two_hooks_on_the_shared_engine(tmp_path):
+    from napari_cryoden.denoise import engine
+
+    method = register(IdentityPairs())
+    try:
+        assert "toy-identity" in engine.METHODS and method.trains
+        assert "toy-identity" in next(a for a in _denoise_parser()._actions if a.dest == "method").choices
+        vol = np.random.default_rng(0).normal(size=(16, 16, 16)).astype(np.float32)
+        params = method.default_params(dims=3, patch_size=16, batch_size=2, epochs=1, time_budget=0,
+                                       base_channels=4, depth=2)
+        model = run(engine.iter_train(vol, params, method="toy-identity", seed=0))
+        assert model.method == "toy-identity" and len(model.history) == 10
+        reloaded = engine.TrainedDenoiser.from_model_file(model.to_model_file())
+        assert reloaded.params == params
+        out = run(engine.iter_predict(reloaded, vol, device="cpu"))
+        assert out.shape == vol.shape and np.isfinite(out).all()
+    finally:
+        unregister("toy-identity")
