@@ -113,3 +113,20 @@ def test_align_and_cluster_offer_particle_stacks_not_the_sample_tomogram(make_na
         offered = [layer.name for layer in w.stack.choices]
         assert offered and not any("tomogram" in n for n in offered), offered
         assert "tomogram" not in w.stack.value.name and w.stack.value.data.ndim == 3
+
+
+def test_denoise_starts_on_the_noisy_volume_and_follows_the_selected_layer(make_napari_viewer):
+    viewer = make_napari_viewer()
+    viewer.open_sample(PLUGIN, "synthetic-tomogram")
+    viewer.open_sample(PLUGIN, "synthetic-particles")
+    _, d = viewer.window.add_plugin_dock_widget(PLUGIN, "Denoise")
+    assert d.image.value.metadata.get("role") == "raw"  # a noisy layer, never "tomogram clean"
+    assert "clean" not in d.image.value.name
+    viewer.layers.selection.active = viewer.layers["tomogram noisy"]
+    assert d.image.value.name == "tomogram noisy"
+    viewer.layers.selection.active = viewer.layers["tomogram clean"]  # ground truth is not taken as an input
+    assert d.image.value.name == "tomogram noisy"
+    _, a = viewer.window.add_plugin_dock_widget(PLUGIN, "Align")
+    assert a.stack.value.name == "particles"  # the raw stack, not the class references
+    viewer.layers.selection.active = viewer.layers["particles"]
+    assert d.image.value.name == "particles" and a.stack.value.name == "particles"

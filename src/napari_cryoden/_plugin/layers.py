@@ -190,7 +190,7 @@ def add_layer(viewer, layer_tuple: LayerDataTuple):
 def add_image_result(viewer, data, *, source, name: str, metadata: dict, is_stack: bool | None = None):
     """A result image beside ``source``: same scale and translate, robust contrast, ``metadata`` recorded."""
     src_meta = source.metadata or {}
-    meta = {**{k: v for k, v in src_meta.items() if k in ("is_stack",)}, **metadata}
+    meta = {**{k: v for k, v in src_meta.items() if k in ("is_stack",)}, "role": "derived", **metadata}
     stack = src_meta.get("is_stack", False) if is_stack is None else is_stack
     tup = image_layer(data, name=name, voxel_size=tuple(source.scale[-data.ndim:]), is_stack=stack, metadata=meta,
                       translate=tuple(source.translate[-data.ndim:]))
@@ -226,13 +226,48 @@ def is_particle_stack(layer) -> bool:
     return bool(meta.get("is_stack", True))  # an array added by hand (no metadata) is taken at its word
 
 
-def particle_stack_choices(viewer):
-    """A magicgui ``choices`` callable listing the particle stacks of ``viewer`` (Align, Cluster)."""
+#: How much a layer is worth offering first as a job's input, by its ``metadata["role"]``: what was read or
+#: acquired (raw) before layers of unknown origin, results (derived), halves, and simulated ground truth last.
+ROLE_RANK = {"raw": 0, None: 1, "derived": 2, "half": 3, "ground truth": 4}
+
+
+def input_rank(layer) -> int:
+    return ROLE_RANK.get((layer.metadata or {}).get("role"), 1)
+
+
+def image_choices(viewer, accept=None):
+    """A magicgui ``choices`` callable: the image layers of ``viewer`` that ``accept`` (default: all), raw data
+    first, so the default input after *Open Sample* is the noisy volume, not the clean one."""
+    import napari
 
     def choices(_widget=None):
-        return [layer for layer in viewer.layers if is_particle_stack(layer)]
+        layers = [layer for layer in viewer.layers if isinstance(layer, napari.layers.Image)
+                  and (accept is None or accept(layer))]
+        return sorted(layers, key=input_rank)  # stable: the viewer's order within a rank
 
     return choices
+
+
+def particle_stack_choices(viewer):
+    """A magicgui ``choices`` callable listing the particle stacks of ``viewer`` (Align, Cluster), raw first."""
+    return image_choices(viewer, is_particle_stack)
+
+
+def follow_active_layer(viewer, combo, accept=None) -> None:
+    """Make ``combo`` (a layer ComboBox) follow the layer the user selects in the viewer, when it is offered and
+    is not simulated ground truth."""
+
+    def changed(event=None):
+        layer = viewer.layers.selection.active
+        if layer is None or input_rank(layer) >= ROLE_RANK["ground truth"] or (accept and not accept(layer)):
+            return
+        try:
+            if layer in combo.choices:
+                combo.value = layer
+        except RuntimeError:  # the widget is gone
+            pass
+
+    viewer.layers.selection.events.active.connect(changed)
 
 
 def particle_stack_input(layer, *, check_values: int = 256) -> np.ndarray:

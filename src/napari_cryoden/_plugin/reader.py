@@ -60,7 +60,7 @@ def read_file(path) -> list:
     if np.iscomplexobj(mrc.data):
         raise CryodenInputError(path, f"holds complex values (MRC mode {mrc.header.get('mode')}), which napari "
                                       "cannot display")
-    meta = mrc.metadata()
+    meta = {**mrc.metadata(), "role": "raw"}
     # mrc_stem: "emd_1832.map.gz" is layer "emd_1832", as "emd_1832.map" is.
     return [image_layer(mrc.data, name=mrc_stem(path), voxel_size=mrc.voxel_size, is_stack=mrc.is_stack,
                         metadata=meta)]
@@ -85,7 +85,7 @@ def read_star_layers(path: Path) -> list:
                 data = mrc.data[: len(indices)]
     if data is None:
         data = read_particle_images(table)
-    meta = {"star_path": str(path), "source_paths": stack_paths, "pixel_size": pixel,
+    meta = {"star_path": str(path), "source_paths": stack_paths, "pixel_size": pixel, "role": "raw",
             "features": table.particles, "optics": table.optics}
     img = image_layer(data, name=path.stem, voxel_size=(1.0, pixel, pixel), is_stack=True, metadata=meta)
     pts = particle_points_layer(table.particles, box=data.shape[-2:], pixel_size=pixel, name=f"{path.stem} particles")

@@ -27,7 +27,15 @@ from ...params import as_dict
 from ...simulate import project_map
 from ..export import derived_metadata, layer_particle_table, open_sources, source_particle_table
 from ..jobs import JobRunner
-from ..layers import add_image_result, add_layer, alignment_layers, particle_stack_choices, particle_stack_input
+from ..layers import (
+    add_image_result,
+    add_layer,
+    alignment_layers,
+    follow_active_layer,
+    is_particle_stack,
+    particle_stack_choices,
+    particle_stack_input,
+)
 from ..notify import notify_error, notify_info
 from ..settings import form_values, load_state, restore_values, save_state
 from ._params import params_form, params_from_form
@@ -55,6 +63,7 @@ class AlignWidget(Container):
         # Only particle stacks are offered: a tomogram is never aligned as if its planes were particles.
         self.stack = create_widget(annotation=napari.layers.Image, label="particle stack",
                                    options={"choices": particle_stack_choices(viewer)})
+        follow_active_layer(viewer, self.stack, is_particle_stack)
         self.reference = create_widget(annotation=napari.layers.Image | None, label="reference",
                                        options={"nullable": True})
         state = load_state(STATE_KEY)

@@ -34,7 +34,16 @@ from ...io.star import write_star
 from ...params import as_dict
 from ..export import layer_particle_table
 from ..jobs import JobRunner
-from ..layers import add_layer, class_colors, cluster_layers, image_layer, particle_stack_choices, particle_stack_input
+from ..layers import (
+    add_layer,
+    class_colors,
+    cluster_layers,
+    follow_active_layer,
+    image_layer,
+    is_particle_stack,
+    particle_stack_choices,
+    particle_stack_input,
+)
 from ..notify import notify_error, notify_info
 from ..settings import form_values, load_state, restore_values, save_state
 from ._params import params_form, params_from_form
@@ -126,6 +135,7 @@ class ClusterWidget(Container):
         state = load_state(STATE_KEY)
         self.stack = create_widget(annotation=napari.layers.Image, label="particle stack",
                                    options={"choices": particle_stack_choices(viewer)})
+        follow_active_layer(viewer, self.stack, is_particle_stack)
         self.classes = SpinBox(label="classes (K)", value=int(state.get("classes", 6)), min=2, max=200)
         self.method = ComboBox(label="method", choices=list(METHODS), value=state.get("method", "siamese")
                                if state.get("method") in METHODS else "siamese",

@@ -17,7 +17,7 @@ from ...models import save_model
 from ...params import as_dict
 from ..export import open_sources
 from ..jobs import JobRunner
-from ..layers import add_image_result, layer_input
+from ..layers import add_image_result, follow_active_layer, image_choices, layer_input
 from ..notify import notify_error, notify_info
 from ..settings import form_values, load_state, restore_values, save_state
 from ._params import params_form, params_from_form
@@ -35,7 +35,10 @@ class DenoiseWidget(Container):
         self._methods = methods()
         state = load_state(STATE_KEY)
         self._saved_params: dict = dict(state.get("params", {}))
-        self.image = create_widget(annotation=napari.layers.Image, label="image")
+        # Raw data first (the noisy volume, not the clean one after Open Sample), then the layer the user selects.
+        self.image = create_widget(annotation=napari.layers.Image, label="image",
+                                   options={"choices": image_choices(viewer)})
+        follow_active_layer(viewer, self.image)
         self.half2 = create_widget(annotation=napari.layers.Image | None, label="second half",
                                    options={"nullable": True})
         default = state.get("method") if state.get("method") in self._methods else (
