@@ -154,3 +154,28 @@ def test_a_registered_method_appears_in_the_menu_and_runs(noisy_layers, qtbot):
         np.testing.assert_allclose(viewer.layers["noisy denoised (toy-halve)"].data, layer.data * 0.5)
     finally:
         unregister("toy-halve")
+
+
+def test_settings_follow_the_kind_of_data_and_stay_apart(make_napari_viewer, monkeypatch, tmp_path):
+    # A 2D setting must never reach a 3D run (a "20 s" 3D run once trained one step with the 2D patch of 96).
+    monkeypatch.setenv("CRYODEN_CONFIG_DIR", str(tmp_path))
+    from napari_cryoden.denoise.engine import default_params
+
+    viewer = make_napari_viewer()
+    rng = np.random.default_rng(0)
+    viewer.add_image(rng.standard_normal((16, 48, 48)).astype(np.float32), name="tomo", metadata={"is_stack": False})
+    viewer.add_image(rng.standard_normal((20, 32, 32)).astype(np.float32), name="stack", metadata={"is_stack": True})
+    _, w = viewer.window.add_plugin_dock_widget("napari-cryoden", "Denoise")
+    w.method.value = "self2self"
+    patch2d = default_params("self2self", dims=2).patch_size
+    patch3d = default_params("self2self", dims=3).patch_size
+    assert patch2d != patch3d
+    w.image.value = viewer.layers["stack"]
+    assert w.stack.value is True and w.form["patch_size"].value == patch2d
+    w.form["patch_size"].value = patch2d + 16  # the user's 2D choice
+    w.image.value = viewer.layers["tomo"]
+    assert w.stack.value is False and w.form["patch_size"].value == patch3d  # not the 2D value
+    w._save_state()
+    w.image.value = viewer.layers["stack"]
+    assert w.form["patch_size"].value == patch2d + 16  # the 2D choice came back with 2D data
+    assert w._saved_params["self2self/3d"]["patch_size"] == patch3d

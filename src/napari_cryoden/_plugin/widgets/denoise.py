@@ -35,6 +35,7 @@ class DenoiseWidget(Container):
         self._methods = methods()
         state = load_state(STATE_KEY)
         self._saved_params: dict = dict(state.get("params", {}))
+        self._form_key: str | None = None  # the (method, 2D/3D) whose settings the form shows
         # Raw data first (the noisy volume, not the clean one after Open Sample), then the layer the user selects.
         self.image = create_widget(annotation=napari.layers.Image, label="image",
                                    options={"choices": image_choices(viewer)})
@@ -70,6 +71,7 @@ class DenoiseWidget(Container):
         self.progress.follow(self.runner)
         self.method.changed.connect(self._method_changed)
         self.image.changed.connect(self._image_changed)
+        self.stack.changed.connect(self._dims_changed)
         self.train_button.changed.connect(lambda: self.run("train"))
         self.predict_button.changed.connect(lambda: self.run("predict"))
         self.both_button.changed.connect(lambda: self.run("both"))
@@ -87,12 +89,20 @@ class DenoiseWidget(Container):
         layer = self.image.value
         return 2 if (self.stack.value or (layer is not None and layer.data.ndim == 2)) else 3
 
+    def _form_key_now(self) -> str:
+        return f"{self.method.value}/{self._dims()}d"
+
     def _method_changed(self, *_):
+        # Keep what the user set for the method and kind of data the form showed (2D and 3D settings are kept
+        # apart: a 2D patch of 96 must never become the 3D setting), then show this method's for the current kind.
+        if getattr(self, "_form_key", None) is not None and len(self.form):
+            self._saved_params[self._form_key] = form_values(self.form)
         m = self.method_info
         values = as_dict(m.default_params(dims=self._dims()))
         self.form.clear()
         self.form.extend(list(params_form(m.params, values=values)))
-        restore_values(self.form, self._saved_params.get(f"{m.name}/{self._dims()}d", {}))
+        self._form_key = self._form_key_now()
+        restore_values(self.form, self._saved_params.get(self._form_key, {}))
         self.description.value = m.description
         self.description.tooltip = m.description
         self.train_button.enabled = m.trains
@@ -104,13 +114,19 @@ class DenoiseWidget(Container):
 
     def _save_state(self) -> None:
         """Remember the method and its settings (per method and 2D/3D) for the next napari session."""
-        self._saved_params[f"{self.method.value}/{self._dims()}d"] = form_values(self.form)
+        self._saved_params[self._form_key] = form_values(self.form)
         save_state(STATE_KEY, {"method": self.method.value, "params": self._saved_params})
 
     def _image_changed(self, *_):
         layer = self.image.value
         if layer is not None:
             self.stack.value = bool((layer.metadata or {}).get("is_stack", False))
+        self._dims_changed()
+
+    def _dims_changed(self, *_):
+        """The settings follow the kind of data: another layer or the 2D box switches the form to that kind."""
+        if getattr(self, "_form_key", None) is not None and self._form_key != self._form_key_now():
+            self._method_changed()
 
     def params(self):
         cls = self.method_info.params
