@@ -8,6 +8,11 @@ from qtpy.QtWidgets import QHBoxLayout, QLabel, QProgressBar, QPushButton, QWidg
 
 from ...progress import ProgressEvent
 
+#: The words the row shows for the core's stage names ("training 40/1000" rather than "train 40/1000").
+STAGE_WORDS = {"train": "training", "predict": "predicting", "denoise": "denoising", "align": "aligning",
+               "prealign": "pre-aligning", "refine": "refining classes", "mra": "classifying (MRA)",
+               "simulate": "simulating", "averages": "class averages", "cluster": "clustering"}
+
 
 def format_seconds(seconds: float | None) -> str:
     if seconds is None:
@@ -67,7 +72,8 @@ class ProgressRow(QWidget):
         else:
             self.bar.setRange(0, 1000)
             self.bar.setValue(int(frac * 1000))
-        self.bar.setFormat(f"{ev.stage} {ev.step}/{ev.total}" if ev.total else f"{ev.stage} {ev.step}")
+        word = STAGE_WORDS.get(ev.stage, ev.stage)
+        self.bar.setFormat(f"{word} {ev.step}/{ev.total}" if ev.total else f"{word} {ev.step}")
         parts = [f"ETA {format_seconds(ev.eta)}"] if ev.eta is not None else []
         if ev.loss is not None:
             parts.append(f"loss {ev.loss:.4g}")
