@@ -442,3 +442,22 @@ def test_progress_follows_a_time_budget_and_reports_measured_rates():
     # Without a budget the ETA is linear in steps and the fraction is the steps' share.
     assert ProgressEvent("train", 250, 1000, elapsed=10.0, eta=30.0).fraction == pytest.approx(0.25)
     assert ProgressEvent("x", 0, 0).fraction is None and ProgressEvent("x", 0, 5).rate is None
+
+
+def test_a_budget_too_short_for_a_meaningful_training_says_so(monkeypatch):
+    import warnings as _warnings
+
+    from napari_cryoden.denoise import engine
+    from napari_cryoden.denoise.engine import default_params, iter_train
+    from napari_cryoden.progress import run
+
+    # "Too short" measured against an unreachable number of steps, so the test holds on any CPU's speed.
+    monkeypatch.setattr(engine, "MEANINGFUL_STEPS", 10**9)
+    vol = _phantom()
+    short = default_params("self2self", dims=3, epochs=1000, time_budget=0.4, patch_size=16, batch_size=2)
+    with pytest.warns(UserWarning, match="budget allows about"):
+        run(iter_train(vol, short, method="self2self", seed=0, device="cpu"))
+    steps_only = default_params("self2self", dims=3, epochs=1, time_budget=0, patch_size=16, batch_size=2)
+    with _warnings.catch_warnings():
+        _warnings.simplefilter("error", UserWarning)  # no budget: nothing to warn about
+        run(iter_train(vol, steps_only, method="self2self", seed=0, device="cpu"))

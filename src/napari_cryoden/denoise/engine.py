@@ -14,6 +14,8 @@ from __future__ import annotations
 
 import logging
 import math
+import time
+import warnings
 from collections.abc import Generator, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -35,6 +37,9 @@ from .registry import DenoiseMethod, get_method, methods
 from .tiling import auto_tile, iter_predict_tiled
 
 log = logging.getLogger(__name__)
+
+#: Fewer training steps than this within a time budget is warned about before the result is trusted.
+MEANINGFUL_STEPS = 50
 
 
 # ------------------------------------------------------------------------------------------- parameters
@@ -450,6 +455,7 @@ class SelfSupervisedMethod(DenoiseMethod):
                                         device=describe_device(dev))
         net.train()
         clock = state.clock
+        warned, first_done = False, None
         while not distributed.agree(state.step >= total_steps or (budget is not None and clock.elapsed >= budget),
                                     ctx):
             progress = state.step / total_steps
@@ -462,6 +468,21 @@ class SelfSupervisedMethod(DenoiseMethod):
             state.step += 1
             state.running = value if state.running is None else 0.95 * state.running + 0.05 * value
             state.history.append(value)
+            if budget is not None and not warned:
+                # After two steps past the first (which pays the one-off set-up), say plainly when the budget
+                # cannot buy a meaningful training: the result would be little more than the input smoothing.
+                if first_done is None:
+                    first_done = (state.step, time.perf_counter())
+                elif state.step - first_done[0] >= 2:
+                    per_step = (time.perf_counter() - first_done[1]) / (state.step - first_done[0])
+                    expected = state.step + max(0.0, budget - clock.elapsed) / per_step
+                    warned = True
+                    if expected < MEANINGFUL_STEPS and ctx.is_main:
+                        warnings.warn(
+                            f"a {budget:g} s budget allows about {expected:.0f} training steps here "
+                            f"({per_step:.2g} s each on {describe_device(dev)}); fewer than {MEANINGFUL_STEPS} "
+                            f"steps give little more than a smoothing of the input: give about "
+                            f"{MEANINGFUL_STEPS * per_step:.0f} s or more", UserWarning, stacklevel=2)
             preview = None
             if preview_every and state.step % preview_every == 0 and ctx.is_main:
                 preview = self._preview(distributed.unwrap(net), params, norm, preview_input, dev, generator)
