@@ -120,17 +120,6 @@ class Checkpointer:
             sibling.remove()
 
 
-def cpu_state(obj):
-    """A copy of ``obj`` (state dicts, lists of tensors) with every tensor on the CPU."""
-    if isinstance(obj, torch.Tensor):
-        return obj.detach().cpu().clone()
-    if isinstance(obj, dict):
-        return {k: cpu_state(v) for k, v in obj.items()}
-    if isinstance(obj, list | tuple):
-        return type(obj)(cpu_state(v) for v in obj)
-    return obj
-
-
 def rng_state(*, numpy_rng: np.random.Generator | None = None, generator: torch.Generator | None = None) -> dict:
     """The random-number states a training draws from (torch's global one for dropout, plus its own)."""
     state = {"torch": torch.get_rng_state()}

@@ -100,10 +100,16 @@ def run(gen: Generator[ProgressEvent, None, T], on_event: Callable[[ProgressEven
             on_event(event)
 
 
-def _seconds(value: float) -> str:
-    value = int(round(value))
-    return f"{value // 3600}h{value % 3600 // 60:02d}m" if value >= 3600 else (
-        f"{value // 60}m{value % 60:02d}s" if value >= 60 else f"{value}s")
+def format_seconds(seconds: float | None) -> str:
+    """``45s``, ``3m07s``, ``1h02m``; ``?`` when unknown (progress bars and rows)."""
+    if seconds is None:
+        return "?"
+    seconds = int(round(seconds))
+    if seconds >= 3600:
+        return f"{seconds // 3600}h{(seconds % 3600) // 60:02d}m"
+    if seconds >= 60:
+        return f"{seconds // 60}m{seconds % 60:02d}s"
+    return f"{seconds}s"
 
 
 def run_with_bar(gen: Generator[ProgressEvent, None, T], *, disable: bool = False) -> T:
@@ -126,9 +132,9 @@ def run_with_bar(gen: Generator[ProgressEvent, None, T], *, disable: bool = Fals
         parts = [f"{ev.step}/{ev.total}" if ev.total else f"{ev.step}"]
         if ev.rate is not None:
             parts.append(f"{ev.rate:.3g} step/s" if ev.rate >= 1 else f"{1 / ev.rate:.3g} s/step")
-        parts.append(f"elapsed {_seconds(ev.elapsed)}")
+        parts.append(f"elapsed {format_seconds(ev.elapsed)}")
         if ev.eta is not None:
-            parts.append(f"ETA {_seconds(ev.eta)}")
+            parts.append(f"ETA {format_seconds(ev.eta)}")
         if ev.loss is not None:
             parts.append(f"loss {ev.loss:.4g}")
         bar.set_postfix_str(", ".join(parts), refresh=False)

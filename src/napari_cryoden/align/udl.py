@@ -22,8 +22,8 @@ import numpy as np
 import torch
 
 from .. import distributed
-from ..checkpoint import Checkpointer, cpu_state, restore_rng, rng_state
-from ..models import ModelFile
+from ..checkpoint import Checkpointer, restore_rng, rng_state
+from ..models import ModelFile, to_cpu
 from ..params import param, validate
 from ..progress import ProgressEvent, StageClock
 from .cross_correlation import (
@@ -186,11 +186,11 @@ def iter_train(images, reference=None, params: DeepAlignParams | None = None, *,
         angle_value, recon_value = distributed.mean([float(angle_loss.detach()), float(recon.detach())], ctx)
         history.append({"step": step, "epoch": epoch, "angle_loss": angle_value, "reconstruction": recon_value})
         if checkpoint is not None and ctx.is_main and checkpoint.due():
-            saved = {"net": cpu_state(model_net.state_dict()), "optimizer": cpu_state(optimiser.state_dict()),
+            saved = {"net": to_cpu(model_net.state_dict()), "optimizer": to_cpu(optimiser.state_dict()),
                      "step": step, "history": list(history), "elapsed": clock.elapsed,
                      "rng": rng_state(generator=gen)}
             if model_ae is not None:
-                saved["autoencoder"] = cpu_state(model_ae.state_dict())
+                saved["autoencoder"] = to_cpu(model_ae.state_dict())
             checkpoint.save(saved)
         yield clock.event(step, loss=angle_value, epoch=epoch, reconstruction=recon_value)
         if distributed.agree(params.time_budget is not None and clock.elapsed > params.time_budget, ctx):

@@ -9,6 +9,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from ..errors import CryodenInputError, CryodenOutputError
+from ..io.outputs import check_outputs  # noqa: F401  (the commands import it from here)
 
 
 def parse_views(text: str | None):
@@ -23,18 +24,6 @@ def parse_views(text: str | None):
             raise CryodenInputError(None, f"--views expects 'rot,tilt;rot,tilt;...' in degrees, got {text!r}") from exc
         views.append((rot, tilt))
     return views
-
-
-def check_outputs(outputs, *, inputs=(), overwrite: bool = False) -> dict:
-    """Validate every output path before any work (see :func:`napari_cryoden.io.outputs.check_outputs`): not a
-    file the job reads (a STAR file's stacks included), not an existing file unless ``overwrite``, writable,
-    all distinct. Returns the protected files (file -> why), for the writers to check again."""
-    from ..io.outputs import check_outputs as check
-    from ..io.outputs import input_files
-
-    protected = input_files(inputs)
-    check(outputs, inputs=protected, overwrite=overwrite)
-    return protected
 
 
 def add_overwrite(parser, *, batch: bool = False) -> None:

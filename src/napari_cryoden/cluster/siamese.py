@@ -27,8 +27,8 @@ from torch import nn
 
 from .. import distributed
 from ..align.transforms import transform_images
-from ..checkpoint import Checkpointer, cpu_state, restore_rng, rng_state
-from ..models import ModelFile
+from ..checkpoint import Checkpointer, restore_rng, rng_state
+from ..models import ModelFile, to_cpu
 from ..params import as_dict, param, validate
 from ..progress import ProgressEvent, StageClock
 from .pseudo_labels import kmeans_labels, labels_agreement, sample_pairs
@@ -205,7 +205,7 @@ def iter_train_siamese(images: np.ndarray, k: int, labels: np.ndarray, params: S
         if agreement > params.stop_ari or out_of_time:
             break
         if checkpoint is not None and train and ctx.is_main and checkpoint.due():
-            checkpoint.save({"encoder": cpu_state(model_net.state_dict()), "optimizer": cpu_state(optimiser.state_dict()),
+            checkpoint.save({"encoder": to_cpu(model_net.state_dict()), "optimizer": to_cpu(optimiser.state_dict()),
                              "round": r + 1, "step": step, "history": list(history),
                              "labels": torch.as_tensor(np.asarray(labels, np.int64)), "elapsed": clock.elapsed,
                              "rng": rng_state(numpy_rng=rng, generator=gen)})

@@ -25,10 +25,10 @@ import torch
 import torch.nn.functional as F
 
 from .. import distributed
-from ..checkpoint import Checkpointer, cpu_state, restore_rng, rng_state
+from ..checkpoint import Checkpointer, restore_rng, rng_state
 from ..device import describe_device, resolve_device
 from ..errors import CryodenInputError
-from ..models import ModelFile, load_model
+from ..models import ModelFile, load_model, to_cpu
 from ..params import as_dict, param
 from ..progress import ProgressEvent, StageClock
 from .networks import UNet, UNetConfig
@@ -247,8 +247,8 @@ class _Training:
     running: float | None = None
 
     def snapshot(self) -> dict:
-        return {"net": cpu_state(distributed.unwrap(self.net).state_dict()),
-                "optimizer": cpu_state(self.optimizer.state_dict()), "step": self.step, "running": self.running,
+        return {"net": to_cpu(distributed.unwrap(self.net).state_dict()),
+                "optimizer": to_cpu(self.optimizer.state_dict()), "step": self.step, "running": self.running,
                 "history": list(self.history), "elapsed": self.clock.elapsed,
                 "rng": rng_state(numpy_rng=self.rng, generator=self.generator)}
 
@@ -495,7 +495,7 @@ class SelfSupervisedMethod(DenoiseMethod):
         net.eval()
         return TrainedDenoiser(method=self.name, params=params, net_config=net_config, net=net.cpu(),
                                normalization=norm, history=state.history,
-                               optimizer_state=cpu_state(optimizer.state_dict()),
+                               optimizer_state=to_cpu(optimizer.state_dict()),
                                voxel_size=tuple(voxel_size) if voxel_size is not None else None)
 
     def predict(self, model: TrainedDenoiser, data: np.ndarray, *, is_stack: bool = False,

@@ -206,6 +206,7 @@ class _Layout:
     shape: tuple[int, ...]
     ext_bytes: int
     compression: str | None  # "gzip", "bzip2" or None
+    voxel_size: tuple[float, float, float]  # (z, y, x) Å from the header; 0 where unset
 
     @property
     def offset(self) -> int:
@@ -267,8 +268,8 @@ def _parse_header(path: Path, raw: bytes, compression: str | None) -> _Layout:
     else:
         # Also a "volume stack" whose mz does not divide nz (mrcfile divides by zero there): one volume.
         shape = (nz, ny, nx)
-    _header_voxel_size(path, header)
-    return _Layout(header=header, dtype=dtype, shape=shape, ext_bytes=ext_bytes, compression=compression)
+    return _Layout(header=header, dtype=dtype, shape=shape, ext_bytes=ext_bytes, compression=compression,
+                   voxel_size=_header_voxel_size(path, header))
 
 
 def _header_voxel_size(path: Path, header) -> tuple[float, float, float]:
@@ -529,7 +530,7 @@ def read_mrc(path: str | os.PathLike, *, mmap: bool = True, stack: bool | None =
     if data.ndim == 3 and data.shape[0] == 1:
         data = data[0]
 
-    vz, vy, vx = _header_voxel_size(path, header)
+    vz, vy, vx = layout.voxel_size
     from_header = True
     vox = [vz, vy, vx]
     if vx <= 0 or vy <= 0:

@@ -104,7 +104,7 @@ def _same_file(a: Path, b: Path) -> bool:
 
 
 def _key(path: Path) -> str:
-    return os.path.normcase(os.path.abspath(path.resolve()))
+    return os.path.normcase(str(path.resolve()))
 
 
 def _read_only(folder: Path) -> bool:
@@ -147,12 +147,14 @@ def check_output_path(path: str | os.PathLike, *, inputs: Iterable[str | os.Path
     return out
 
 
-def check_outputs(outputs: Iterable[str | os.PathLike | None], *, inputs=(), overwrite: bool = False) -> list[Path]:
+def check_outputs(outputs: Iterable[str | os.PathLike | None], *, inputs=(), overwrite: bool = False) -> dict:
     """Validate every output of a job before it starts: not an input (see :func:`input_files`), not an
-    existing file unless ``overwrite``, writable, and all distinct (letter case included)."""
+    existing file unless ``overwrite``, writable, and all distinct (letter case included).
+
+    Returns the protected files (file -> why, as :func:`input_files` gives them), for the writers to check
+    against again."""
     protected = inputs if isinstance(inputs, dict) else input_files(inputs)
     seen: dict[str, str] = {}
-    checked = []
     for p in outputs:
         if not p:
             continue
@@ -162,8 +164,7 @@ def check_outputs(outputs: Iterable[str | os.PathLike | None], *, inputs=(), ove
             raise CryodenOutputError(path, f"is given for two outputs ({seen[key]} and this one); give distinct "
                                            "names (names that differ only in letter case count as one)")
         seen[key] = str(p)
-        checked.append(path)
-    return checked
+    return protected
 
 
 # ------------------------------------------------------------------------------------------ atomic writes

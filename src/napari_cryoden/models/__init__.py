@@ -51,13 +51,14 @@ class ModelFile:
     version: str = __version__
 
 
-def _to_cpu(obj: Any) -> Any:
+def to_cpu(obj: Any) -> Any:
+    """``obj`` (tensors, state dicts, lists of them) with every tensor detached and on the CPU."""
     if isinstance(obj, torch.Tensor):
         return obj.detach().cpu()
     if isinstance(obj, dict):
-        return {k: _to_cpu(v) for k, v in obj.items()}
+        return {k: to_cpu(v) for k, v in obj.items()}
     if isinstance(obj, list | tuple):
-        return type(obj)(_to_cpu(v) for v in obj)
+        return type(obj)(to_cpu(v) for v in obj)
     return obj
 
 
@@ -67,10 +68,10 @@ def save_model(path: str | os.PathLike, model: ModelFile, *, inputs=(), overwrit
         "format": FORMAT,
         "format_version": FORMAT_VERSION,
         "kind": model.kind,
-        "config": _to_cpu(model.config),
-        "state_dict": _to_cpu(model.state_dict),
-        "normalization": _to_cpu(model.normalization),
-        "extra": _to_cpu(model.extra),
+        "config": to_cpu(model.config),
+        "state_dict": to_cpu(model.state_dict),
+        "normalization": to_cpu(model.normalization),
+        "extra": to_cpu(model.extra),
         "created": model.created or datetime.now(timezone.utc).isoformat(timespec="seconds"),
         "version": model.version,
     }

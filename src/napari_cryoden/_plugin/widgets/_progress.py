@@ -6,23 +6,12 @@ from __future__ import annotations
 
 from qtpy.QtWidgets import QHBoxLayout, QLabel, QProgressBar, QPushButton, QWidget
 
-from ...progress import ProgressEvent
+from ...progress import ProgressEvent, format_seconds
 
 #: The words the row shows for the core's stage names ("training 40/1000" rather than "train 40/1000").
 STAGE_WORDS = {"train": "training", "predict": "predicting", "denoise": "denoising", "align": "aligning",
                "prealign": "pre-aligning", "refine": "refining classes", "mra": "classifying (MRA)",
                "simulate": "simulating", "averages": "class averages", "cluster": "clustering"}
-
-
-def format_seconds(seconds: float | None) -> str:
-    if seconds is None:
-        return "?"
-    seconds = int(round(seconds))
-    if seconds >= 3600:
-        return f"{seconds // 3600}h{(seconds % 3600) // 60:02d}m"
-    if seconds >= 60:
-        return f"{seconds // 60}m{seconds % 60:02d}s"
-    return f"{seconds}s"
 
 
 class ProgressRow(QWidget):
