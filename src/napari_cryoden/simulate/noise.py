@@ -7,7 +7,8 @@ its own signal variance, and coloured noise is filtered along those axes only, s
 
 Coloured noise is white Gaussian noise low-pass filtered in Fourier space by a Gaussian transfer function
 ``exp(-2 pi^2 L^2 |k|^2)`` (``k`` in cycles/pixel, ``L = correlation_length`` in pixels), which is a
-real-space convolution with a Gaussian of standard deviation ``L`` pixels. The correlation between two
+real-space convolution with a Gaussian of standard deviation ``L`` pixels; ``L`` may differ per axis
+(``Π_a exp(-2 pi^2 L_a^2 k_a^2)``, e.g. ``(1.5, 0, 0)`` for noise correlated along z only). The correlation between two
 voxels ``d`` pixels apart is then ``exp(-d^2 / (4 L^2))`` (0.89 for neighbours at the default L = 1.5).
 After filtering the noise is rescaled so that its empirical variance (per image with ``axes``, over all
 of its pixels) is exactly the target, so the SNR is exact rather than only expected.
@@ -25,7 +26,7 @@ from napari_cryoden.errors import CryodenInputError
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["add_noise", "measure_snr", "noise_std_for_snr"]
+__all__ = ["add_noise", "correlated_noise", "measure_snr", "noise_std_for_snr"]
 
 NOISE_COLOURS = ("white", "coloured")
 _COLOUR_ALIASES = {"white": "white", "coloured": "coloured", "colored": "coloured"}
@@ -137,8 +138,10 @@ def noise_std_for_snr(
     return std
 
 
-def _lowpass_gaussian(noise: np.ndarray, *, axes: tuple[int, ...], sigma: float) -> np.ndarray:
-    """Convolve ``noise`` with a Gaussian of ``sigma`` pixels along ``axes`` (periodic, via rFFT)."""
+def _lowpass_gaussian(noise: np.ndarray, *, axes: tuple[int, ...], sigma) -> np.ndarray:
+    """Convolve ``noise`` with a Gaussian of ``sigma`` pixels (one value, or one per axis of ``axes``; 0 leaves
+    that axis uncorrelated) along ``axes`` (periodic, via rFFT)."""
+    sigmas = (float(sigma),) * len(axes) if np.isscalar(sigma) else tuple(float(s) for s in sigma)
     spectrum = scipy.fft.rfftn(noise, axes=axes, workers=-1)
     transfer = np.ones((1,) * noise.ndim, dtype=np.float32)
     for i, ax in enumerate(axes):
@@ -146,9 +149,55 @@ def _lowpass_gaussian(noise: np.ndarray, *, axes: tuple[int, ...], sigma: float)
         k = scipy.fft.rfftfreq(n) if i == len(axes) - 1 else scipy.fft.fftfreq(n)
         shape = [1] * noise.ndim
         shape[ax] = k.size
-        transfer = transfer * np.exp(-2.0 * np.pi**2 * sigma**2 * k**2).astype(np.float32).reshape(shape)
+        transfer = transfer * np.exp(-2.0 * np.pi**2 * sigmas[i]**2 * k**2).astype(np.float32).reshape(shape)
     spectrum *= transfer
     return scipy.fft.irfftn(spectrum, s=[noise.shape[a] for a in axes], axes=axes, workers=-1)
+
+
+def _check_lengths(correlation_length, n_axes: int) -> tuple[float, ...]:
+    """One Gaussian σ per filtered axis, from one value (isotropic, > 0) or one value per axis (≥ 0, one > 0)."""
+    values = np.atleast_1d(np.asarray(correlation_length, dtype=np.float64)) if not isinstance(
+        correlation_length, str) else np.array([np.nan])
+    if values.ndim != 1 or values.size not in (1, n_axes):
+        raise CryodenInputError(None, f"correlation_length must be one value or {n_axes} (one per axis), got "
+                                      f"{correlation_length!r}")
+    if values.size == 1:
+        values = np.repeat(values, n_axes)
+    if not (np.all(np.isfinite(values)) and np.all(values >= 0) and np.any(values > 0)):
+        raise CryodenInputError(None, f"correlation_length must be positive (per axis: ≥ 0, not all 0), got "
+                                      f"{correlation_length!r}")
+    return tuple(float(v) for v in values)
+
+
+def correlated_noise(
+    shape: Sequence[int],
+    correlation_length: float | Sequence[float],
+    *,
+    rng: np.random.Generator | int | None,
+    std: float = 1.0,
+) -> np.ndarray:
+    """Pure Gaussian noise of standard deviation ``std`` (exactly, empirically), correlated by a Gaussian blur
+    of ``correlation_length`` pixels: one value (isotropic) or one per axis (≥ 0; 0 leaves that axis
+    uncorrelated; all 0 gives white noise). The noise :func:`add_noise` adds, without a signal: a known
+    answer for noise-correlation estimates.
+
+    Returns
+    -------
+    numpy.ndarray
+        float32 array of ``shape``.
+    """
+    shape = tuple(int(n) for n in shape)
+    gen = np.random.default_rng(rng)
+    noise = gen.standard_normal(shape, dtype=np.float32)
+    values = np.atleast_1d(np.asarray(correlation_length, dtype=np.float64))
+    if values.size and np.all(np.isfinite(values)) and np.all(values == 0):
+        sigma = None
+    else:
+        sigma = _check_lengths(correlation_length, len(shape))
+    if sigma is not None:
+        noise = _lowpass_gaussian(noise, axes=tuple(range(len(shape))), sigma=sigma).astype(np.float32)
+    noise *= np.float32(std / float(noise.std()))
+    return noise
 
 
 def add_noise(
@@ -159,7 +208,7 @@ def add_noise(
     mask: np.ndarray | None = None,
     axes: int | Sequence[int] | None = None,
     colour: str = "white",
-    correlation_length: float = 1.5,
+    correlation_length: float | Sequence[float] = 1.5,
 ) -> np.ndarray:
     """Return ``clean`` plus Gaussian noise whose variance is the signal variance divided by ``snr``.
 
@@ -185,7 +234,10 @@ def add_noise(
         deviation ``correlation_length`` pixels along ``axes`` (periodic boundaries), then rescaled so its
         empirical variance over each image is exactly the target.
     correlation_length
-        Standard deviation in pixels of the Gaussian smoothing kernel of coloured noise (> 0).
+        Standard deviation in pixels of the Gaussian smoothing kernel of coloured noise (> 0): one value for
+        noise correlated alike along every axis (isotropic), or one value (≥ 0, not all 0) per filtered axis
+        (those of ``axes``, else all), e.g. ``(1.5, 0, 0)`` for a volume whose noise is correlated along z
+        only, ``(2.0, 1.0, 0.7)`` for different lengths per axis.
 
     Returns
     -------
@@ -201,10 +253,9 @@ def add_noise(
     gen = np.random.default_rng(rng)
     noise = gen.standard_normal(arr.shape, dtype=np.float32)
     if kind == "coloured":
-        if not (np.isfinite(correlation_length) and correlation_length > 0):
-            raise CryodenInputError(None, f"correlation_length must be positive, got {correlation_length!r}")
         filter_axes = ax if ax is not None else tuple(range(arr.ndim))
-        noise = _lowpass_gaussian(noise, axes=filter_axes, sigma=float(correlation_length))
+        sigma = _check_lengths(correlation_length, len(filter_axes))
+        noise = _lowpass_gaussian(noise, axes=filter_axes, sigma=sigma)
         empirical = np.sqrt(_variance(noise, mask=None, axes=ax))
         noise *= (np.asarray(std) / empirical).astype(np.float32)
     else:
