@@ -193,7 +193,16 @@ def cmd_denoise(args) -> int:
             gen = method.train(first.data, params, is_stack=first.is_stack, half2=half2.data if half2 else None,
                                model=model, seed=args.seed, device=dev, voxel_size=first.voxel_size, checkpoint=ckpt,
                                resume=args.resume)
-            model = run_with_bar(announce_resume(gen, ckpt), disable=args.quiet)
+            try:
+                model = run_with_bar(announce_resume(gen, ckpt), disable=args.quiet)
+            except CryodenInputError as exc:
+                if exc.path is not None:
+                    raise
+                # The data could not be used (e.g. its noise cannot be measured): say which file.
+                raise CryodenInputError(first.path, exc.problem) from exc
+            line = model.describe_noise()
+            if line and ctx.is_main and not args.quiet:
+                print(line)
             if args.save_model and ctx.is_main:  # every process holds the same model
                 save_model(args.save_model, model.to_model_file(), inputs=protected)
                 print(f"wrote model: {args.save_model}")

@@ -32,6 +32,7 @@ from ..models import ModelFile, load_model, to_cpu
 from ..params import as_dict, param
 from ..progress import ProgressEvent, StageClock
 from .networks import UNet, UNetConfig
+from .noise import NoiseCorrelation, NoNoiseError, estimate_noise_correlation
 from .normalize import Normalization, fit_normalization
 from .registry import DenoiseMethod, get_method, methods
 from .tiling import auto_tile, iter_predict_tiled
@@ -169,6 +170,22 @@ class TrainedDenoiser:
     history: list = field(default_factory=list)
     optimizer_state: dict | None = None
     voxel_size: tuple | None = None
+    #: The noise correlation measured on the training data (:meth:`NoiseCorrelation.to_dict`), or None.
+    noise_correlation: dict | None = None
+
+    def describe_noise(self) -> str | None:
+        """The measured noise correlation in one line (with the mask block the model uses, for Self2Self),
+        for the CLI, the widget and the logs; None when it was not measured (e.g. a model saved before)."""
+        if not self.noise_correlation:
+            return None
+        d = dict(self.noise_correlation)
+        d.pop("block", None)
+        noise = NoiseCorrelation(**{k: tuple(v) if isinstance(v, list) else v for k, v in d.items()})
+        block = getattr(self.params, "mask_block", None)
+        if block is None:
+            return noise.describe(show_block=False)
+        parsed = tuple(int(b) for b in str(block).split(",")) if str(block).lower() != "auto" else None
+        return noise.describe(block=parsed)
 
     def to_model_file(self) -> ModelFile:
         return ModelFile(
@@ -177,7 +194,8 @@ class TrainedDenoiser:
             state_dict=self.net.state_dict(),
             normalization=self.normalization.to_dict(),
             extra={"history": list(self.history), "optimizer": self.optimizer_state or {},
-                   "voxel_size": list(self.voxel_size) if self.voxel_size else []},
+                   "voxel_size": list(self.voxel_size) if self.voxel_size else [],
+                   "noise_correlation": dict(self.noise_correlation or {})},
         )
 
     @classmethod
@@ -193,7 +211,8 @@ class TrainedDenoiser:
                    normalization=Normalization.from_dict(model.normalization),
                    history=list(model.extra.get("history", [])),
                    optimizer_state=model.extra.get("optimizer") or None,
-                   voxel_size=tuple(model.extra.get("voxel_size") or ()) or None)
+                   voxel_size=tuple(model.extra.get("voxel_size") or ()) or None,
+                   noise_correlation=model.extra.get("noise_correlation") or None)
 
     @classmethod
     def load(cls, path) -> TrainedDenoiser:
@@ -299,9 +318,31 @@ class SelfSupervisedMethod(DenoiseMethod):
         """The arrays whose tiles :meth:`predict_batch` gets as its channels."""
         return [vol]
 
+    def needs_noise_estimate(self, params: EngineParams, model: TrainedDenoiser | None) -> bool:
+        """Whether training cannot go on without a noise-correlation measurement (then a volume where it is
+        impossible — constant, tiny — is refused; otherwise the measurement is only reported)."""
+        return False
+
+    def measure_noise(self, vol: np.ndarray, half2: np.ndarray | None, *, dims: int, params: EngineParams,
+                      model: TrainedDenoiser | None) -> NoiseCorrelation | None:
+        """The noise correlation of the training data (from the two halves when the method has them), or None
+        where it cannot be measured and the method does not need it. Constant data (no noise at all) are
+        refused by every method: there is nothing to denoise."""
+        try:
+            other = None
+            if self.needs_half2 and half2 is not None:
+                other, _ = as_volume(half2, is_stack=dims == 2)
+            return estimate_noise_correlation(vol, dims=dims, half2=other)
+        except CryodenInputError as exc:
+            if isinstance(exc, NoNoiseError) or self.needs_noise_estimate(params, model):
+                raise
+            log.info("noise correlation not measured on data of shape %s", vol.shape)
+            return None
+
     def prepare_params(self, params: EngineParams, vol: np.ndarray, *, dims: int,
-                       model: TrainedDenoiser | None) -> EngineParams:
-        """The parameters the training uses and the model stores (settings measured from the data resolved)."""
+                       model: TrainedDenoiser | None, noise: NoiseCorrelation | None = None) -> EngineParams:
+        """The parameters the training uses and the model stores (settings measured from the data resolved;
+        ``noise``: the measured noise correlation)."""
         return params
 
     def make_pair(self, x: torch.Tensor, params: EngineParams, *, patch_spatial: Sequence[int],
@@ -419,7 +460,8 @@ class SelfSupervisedMethod(DenoiseMethod):
         """
         vol, dims = as_volume(data, is_stack=is_stack)
         sources = self.training_sources(vol, half2, is_stack=is_stack)
-        params = self.prepare_params(params, vol, dims=dims, model=model)
+        noise = self.measure_noise(vol, half2, dims=dims, params=params, model=model)
+        params = self.prepare_params(params, vol, dims=dims, model=model, noise=noise)
         ctx = distributed.context()  # under torchrun: DDP, one sample stream per process, rank 0 reports
         dev = distributed.training_device(resolve_device(device, need_fft=self.needs_fft), ctx)
         torch.manual_seed(seed)  # the same initial weights everywhere (DDP broadcasts rank 0's anyway)
@@ -496,7 +538,8 @@ class SelfSupervisedMethod(DenoiseMethod):
         return TrainedDenoiser(method=self.name, params=params, net_config=net_config, net=net.cpu(),
                                normalization=norm, history=state.history,
                                optimizer_state=to_cpu(optimizer.state_dict()),
-                               voxel_size=tuple(voxel_size) if voxel_size is not None else None)
+                               voxel_size=tuple(voxel_size) if voxel_size is not None else None,
+                               noise_correlation=noise.to_dict() if noise is not None else None)
 
     def predict(self, model: TrainedDenoiser, data: np.ndarray, *, is_stack: bool = False,
                 half2: np.ndarray | None = None, out=None, seed: int = 0, device: str | torch.device = "auto",

@@ -16,6 +16,7 @@ the trained network; the shared training loop and tiled prediction are :class:`.
 from __future__ import annotations
 
 import logging
+import math
 from dataclasses import dataclass, replace
 
 import numpy as np
@@ -33,7 +34,7 @@ from .masks import (
     low_frequency_ball,
     stratified_bernoulli_masks,
 )
-from .noise import auto_mask_block
+from .noise import NoiseCorrelation, auto_mask_block
 from .registry import register
 
 log = logging.getLogger(__name__)
@@ -90,15 +91,18 @@ class Self2Self(SelfSupervisedMethod):
                    "correlation measured from the data (--mask-block auto), so z-correlated noise is not learned.")
     mask_channel = True
 
+    def needs_noise_estimate(self, params, model) -> bool:
+        return model is None and str(getattr(params, "mask_block", "")).strip().lower() == "auto"
+
     def prepare_params(self, params: Self2SelfParams, vol: np.ndarray, *, dims: int,
-                       model: TrainedDenoiser | None) -> Self2SelfParams:
+                       model: TrainedDenoiser | None, noise: NoiseCorrelation | None = None) -> Self2SelfParams:
         """Replace ``mask_block="auto"`` by the block measured from the (z, y, x) data (stored in the model), or
         by the block of the model whose training continues."""
         if not isinstance(params, Self2SelfParams) or str(params.mask_block).strip().lower() != "auto":
             return params
         if model is not None:
             return replace(params, mask_block=model.params.mask_block)
-        block = auto_mask_block(vol, dims=dims)
+        block = auto_mask_block(vol, dims=dims, noise=noise)
         if dims == 2:  # images or a stack: only the in-plane correlation is measured and used
             block = (1,) + block
         log.info("self2self mask block (z,y,x) from the noise correlation: %s", block)
@@ -145,6 +149,11 @@ class FourierN2NParams(EngineParams):
     fourier_target: str = param("complement", "training target: the frequencies the input dropped (independent "
                                               "noise) or an independent pool member (the thesis)",
                                 choices=("complement", "independent"))
+    whitening: str = param("auto", "whiten the noise before the Fourier masks and undo it on output: auto (from the "
+                                   "noise correlation measured on the data), off, or z,y,x Gaussian lengths (voxels)")
+    whitening_floor: float = param(0.1, "regularisation of the whitening filter sqrt((1 + f) / (N(k) + f)), N the "
+                                        "noise spectrum (1 at k = 0): its largest gain is sqrt((1 + f) / f)",
+                                   min=1e-3, max=10.0)
 
 
 class FourierN2N(SelfSupervisedMethod):
@@ -170,6 +179,19 @@ class FourierN2N(SelfSupervisedMethod):
         return replace(p, **overrides) if overrides else p
 
     @staticmethod
+    def prepare_params(self, params: FourierN2NParams, vol: np.ndarray, *, dims: int,
+                       model: TrainedDenoiser | None, noise: NoiseCorrelation | None = None) -> FourierN2NParams:
+        """Resolve ``whitening="auto"``: the lengths measured on the data (the model's when training continues;
+        off when nothing was measured)."""
+        if not isinstance(params, FourierN2NParams) or str(params.whitening).strip().lower() != "auto":
+            return params
+        if model is not None:
+            return replace(params, whitening=getattr(model.params, "whitening", "off"))
+        if noise is None:
+            return replace(params, whitening="off")
+        return replace(params, whitening=",".join(f"{v:g}" for v in noise.lengths))
+
+    @staticmethod
     def _mask_options(params: FourierN2NParams, generator, device) -> dict:
         return dict(keep_probability=params.fourier_keep, block=params.fourier_block,
                     low_frequency_fraction=params.low_frequency_fraction, flip_probability=params.flip_probability,
@@ -178,27 +200,63 @@ class FourierN2N(SelfSupervisedMethod):
     def make_pair(self, x, params: FourierN2NParams, *, patch_spatial, generator):
         x = x[:, :1]
         kw = self._mask_options(params, generator, x.device)
+        w = whitening_filter(tuple(x.shape[2:]), params, x.device)
         mask = fourier_mask(x.shape, **kw)
-        a = apply_fourier_mask(x, mask)
+        a = apply_fourier_mask(x, mask * w)
         if params.fourier_target == "complement":
             b = apply_fourier_mask(x, complementary_fourier_mask(mask, tuple(x.shape[2:]),
-                                                                 params.low_frequency_fraction))
+                                                                 params.low_frequency_fraction) * w)
         else:
-            b = apply_fourier_mask(x, fourier_mask(x.shape, **kw))
+            b = apply_fourier_mask(x, fourier_mask(x.shape, **kw) * w)
         return centre_crop(a, patch_spatial), centre_crop(b, patch_spatial), None
 
     def predict_batch(self, net, x, params: FourierN2NParams, *, n_predictions, generator, device):
         x = x[:, :1]
         y = torch.zeros_like(x)
         kw = self._mask_options(params, generator, device)
+        w = whitening_filter(tuple(x.shape[2:]), params, device)
         for _ in range(n_predictions):
-            member = apply_fourier_mask(x, fourier_mask(x.shape, **kw))
+            member = apply_fourier_mask(x, fourier_mask(x.shape, **kw) * w)
             with autocast(device):
                 y += net(member).float()
         y /= n_predictions
-        if params.fourier_target == "complement":
-            y = apply_fourier_mask(y, complement_gain(tuple(y.shape[2:]), params, device))
+        gain = complement_gain(tuple(y.shape[2:]), params, device) if params.fourier_target == "complement" else 1.0
+        if params.fourier_target == "complement" or not isinstance(w, float):
+            y = apply_fourier_mask(y, gain / w)  # the attenuation and the whitening undone
         return y
+
+
+def whitening_lengths(params: FourierN2NParams) -> tuple[float, float, float] | None:
+    """The (z, y, x) Gaussian noise lengths the whitening follows, or None when it is off."""
+    text = str(getattr(params, "whitening", "off")).strip().lower()
+    if text in ("off", "auto", "", "none"):  # "auto" left only in a model not yet trained
+        return None
+    try:
+        values = tuple(float(v) for v in text.split(","))
+    except ValueError as exc:
+        raise ValueError(f"whitening must be auto, off or three lengths z,y,x, got {params.whitening!r}") from exc
+    if len(values) == 1:
+        values = values * 3
+    if len(values) != 3 or min(values) < 0:
+        raise ValueError(f"whitening must be auto, off or three lengths z,y,x ≥ 0, got {params.whitening!r}")
+    return values if max(values) > 0 else None
+
+
+def whitening_filter(spatial, params: FourierN2NParams, dev):
+    """``W(k) = sqrt((1 + f) / (N(k) + f))`` on the rfftn grid of ``spatial`` (2D: (y, x); 3D: (z, y, x)), with
+    ``N(k) = exp(−4π² Σ L_a² k_a²)`` the spectrum of the measured noise (1 at k = 0) and ``f`` the floor;
+    the float 1.0 when whitening is off. Noise correlated over L voxels has most of its power at low
+    frequencies, where the signal is too; W flattens it, so the Noise2Noise loss no longer spends itself on
+    those frequencies, and dividing the output by W undoes it."""
+    lengths = whitening_lengths(params)
+    if lengths is None:
+        return 1.0
+    lengths = lengths[-len(spatial):]
+    axes = [torch.fft.fftfreq(n, device=dev) for n in spatial[:-1]] + [torch.fft.rfftfreq(spatial[-1], device=dev)]
+    grids = torch.meshgrid(*axes, indexing="ij")
+    power = torch.exp(-4.0 * math.pi**2 * sum(float(length) ** 2 * g**2 for length, g in zip(lengths, grids)))
+    f = float(params.whitening_floor)
+    return torch.sqrt((1.0 + f) / (power + f)).to(torch.float32)
 
 
 def complement_gain(spatial, params: FourierN2NParams, dev) -> torch.Tensor:
