@@ -1,8 +1,9 @@
 """Parameter dataclasses as the single description of a method's settings.
 
 A method's settings are a frozen dataclass whose fields carry ``metadata`` (``help``, and optionally ``min``,
-``max``, ``choices``, ``cli`` for the option name). The CLI and the napari widgets are both generated from
-it, and the frozen instance is what crosses the thread boundary into a worker.
+``max``, ``choices``, ``cli`` for the option name, ``unit`` — "px", "Å", "°", "s" — and ``basic`` for the few
+settings a scientist decides, shown first; the rest sit under *Advanced* in the widgets). The CLI and the napari
+widgets are both generated from it, and the frozen instance is what crosses the thread boundary into a worker.
 """
 
 from __future__ import annotations
@@ -10,14 +11,42 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import typing
+from collections.abc import Sequence
 from typing import Any
 
 
 def param(default: Any, help: str, *, min: float | None = None, max: float | None = None,
-          choices: tuple | None = None, cli: str | None = None) -> Any:
-    """A dataclass field with the metadata the CLI and widgets use."""
-    meta = {"help": help, "min": min, "max": max, "choices": choices, "cli": cli}
+          choices: tuple | None = None, cli: str | None = None, unit: str | None = None,
+          basic: bool = False) -> Any:
+    """A dataclass field with the metadata the CLI and widgets use.
+
+    Parameters
+    ----------
+    default, help
+        The default value, and one plain sentence saying what the setting does.
+    min, max, choices
+        Allowed values (checked by :func:`validate`, and the limits of the widget).
+    cli
+        The CLI option's name when it is not ``--field-name``.
+    unit
+        The unit of the value ("px", "Å", "°", "s", "voxels"), shown in the widget's label and the help.
+    basic
+        True for the few settings a scientist decides (time budget, shift range, symmetry...): the widgets show
+        them; the others sit in a collapsed *Advanced* section.
+    """
+    meta = {"help": help, "min": min, "max": max, "choices": choices, "cli": cli, "unit": unit,
+            "basic": basic or None}
     return dataclasses.field(default=default, metadata={k: v for k, v in meta.items() if v is not None})
+
+
+def unit(f: dataclasses.Field) -> str:
+    """The field's unit ("" when it has none)."""
+    return f.metadata.get("unit", "")
+
+
+def is_basic(f: dataclasses.Field) -> bool:
+    """Whether the field is one of the few settings shown before *Advanced* is opened."""
+    return bool(f.metadata.get("basic", False))
 
 
 def _field_type(cls, f: dataclasses.Field):
@@ -30,25 +59,69 @@ def _field_type(cls, f: dataclasses.Field):
     return tp, False
 
 
+def _option_kwargs(cls, f: dataclasses.Field) -> dict[str, Any]:
+    """argparse keywords of the ``--option`` of field ``f`` of ``cls`` (unset: None, so defaults stay the class's)."""
+    meta = f.metadata
+    tp, _ = _field_type(cls, f)
+    kwargs: dict[str, Any] = {"dest": f"param_{f.name}", "default": None}
+    if tp is bool:
+        kwargs["action"] = argparse.BooleanOptionalAction
+    else:
+        kwargs["type"] = tp if tp in (int, float, str) else str
+        if "choices" in meta:
+            kwargs["choices"] = meta["choices"]
+        else:
+            kwargs["metavar"] = {int: "N", float: "X", str: "S"}.get(tp, "S")
+    return kwargs
+
+
+def _flag(f: dataclasses.Field) -> str:
+    return f.metadata.get("cli") or "--" + f.name.replace("_", "-")
+
+
+def _shown_default(f: dataclasses.Field) -> str:
+    return f"{f.default} {unit(f)}" if unit(f) and f.default is not None else str(f.default)
+
+
 def add_params_to_parser(parser: argparse.ArgumentParser | argparse._ArgumentGroup, cls) -> None:
     """Add one ``--option`` per field of the parameter dataclass ``cls`` (default: the field's default)."""
     for f in dataclasses.fields(cls):
-        meta = f.metadata
-        flag = meta.get("cli") or "--" + f.name.replace("_", "-")
-        tp, optional = _field_type(cls, f)
-        kwargs: dict[str, Any] = {"dest": f"param_{f.name}", "default": None}
-        help_text = meta.get("help", "")
-        default = f.default
-        if tp is bool:
-            kwargs["action"] = argparse.BooleanOptionalAction
-        else:
-            kwargs["type"] = tp if tp in (int, float, str) else str
-            if "choices" in meta:
-                kwargs["choices"] = meta["choices"]
-            kwargs["metavar"] = {int: "N", float: "X", str: "S"}.get(tp, "S") if "choices" not in meta else None
-            if kwargs["metavar"] is None:
-                kwargs.pop("metavar")
-        parser.add_argument(flag, help=f"{help_text} (default: {default})" if help_text else None, **kwargs)
+        help_text = f.metadata.get("help", "")
+        parser.add_argument(_flag(f), help=f"{help_text} (default: {_shown_default(f)})" if help_text else None,
+                            **_option_kwargs(cls, f))
+
+
+def add_method_params(parser: argparse.ArgumentParser, methods: dict[str, type], *, skip: Sequence[str] = (),
+                      title: str = "method parameters") -> argparse._ArgumentGroup:
+    """One ``--option`` per field name of the methods' parameter classes ``{method: params class}``.
+
+    A field several methods share (``--work-box``) is one option; its help names the methods it applies to
+    when not all, and each one's default when they differ. Read the values back with :func:`given_params`.
+    Fields in ``skip`` are left to the caller (e.g. ``seed`` or ``time_budget`` as top-level flags).
+    """
+    group = parser.add_argument_group(title, "each applies to the methods named in [brackets], or to all")
+    uses: dict[str, list[tuple[str, type, dataclasses.Field]]] = {}
+    for name, cls in methods.items():
+        for f in dataclasses.fields(cls):
+            uses.setdefault(f.name, []).append((name, cls, f))
+    for field_name, users in uses.items():
+        if field_name in skip:
+            continue
+        _, cls, f = users[0]
+        names = [u[0] for u in users]
+        defaults = {u[0]: _shown_default(u[2]) for u in users}
+        shown = (f"default: {defaults[names[0]]}" if len(set(defaults.values())) == 1 else
+                 "defaults: " + ", ".join(f"{m} {d}" for m, d in defaults.items()))
+        where = f"[{', '.join(names)}] " if len(names) < len(methods) else ""
+        group.add_argument(_flag(f), help=f"{where}{f.metadata.get('help', '')} ({shown})",
+                           **_option_kwargs(cls, f))
+    return group
+
+
+def given_params(cls, args: argparse.Namespace) -> dict[str, Any]:
+    """{field: value} of the options of ``cls``'s fields that were given (see :func:`add_method_params`)."""
+    return {f.name: getattr(args, f"param_{f.name}") for f in dataclasses.fields(cls)
+            if getattr(args, f"param_{f.name}", None) is not None}
 
 
 def params_from_args(cls, args: argparse.Namespace, **overrides):

@@ -31,7 +31,7 @@ def _small(widget, method="self2self", **extra):
     widget.method.value = method
     values = {**dict(patch_size=16, batch_size=4, epochs=2, time_budget=0.0, base_channels=8, depth=2,
                      n_predictions=2, learning_rate=2e-3), **extra}
-    names = {w.name for w in widget.form}
+    names = {w.name for w in widget.form.fields()}
     for name, value in values.items():
         if name in names:
             widget.form[name].value = value
@@ -147,7 +147,7 @@ def test_a_registered_method_appears_in_the_menu_and_runs(noisy_layers, qtbot):
         widget.image.value = layer
         assert "toy-halve" in widget.method.choices
         widget.method.value = "toy-halve"
-        assert [w.name for w in widget.form] == ["factor"] and widget.description.value == "The data times --factor."
+        assert [w.name for w in widget.form.fields()] == ["factor"] and widget.description.value == "The data times --factor."
         assert not widget.train_button.enabled and widget.both_button.text == "Denoise"
         widget.run("both")
         qtbot.waitUntil(lambda: widget.runner.worker is None, timeout=60_000)

@@ -42,16 +42,16 @@ log = logging.getLogger(__name__)
 class ClassicalParams:
     """Settings of the classical (Fourier cross-correlation) alignment."""
 
-    max_shift: float = param(10.0, "largest shift searched along x and along y (pixels)", min=0.0)
-    symmetry: int = param(1, "in-plane symmetry order n: angles are found modulo 360/n", min=1)
+    max_shift: float = param(10.0, "largest shift searched along x and along y (pixels)", min=0.0, unit="px", basic=True)
+    symmetry: int = param(1, "in-plane symmetry order n: angles are found modulo 360/n", min=1, basic=True)
     angular_step: float = param(1.0, "step of the bank of rotated references (degrees); refined below it",
-                                min=0.05, max=10.0)
+                                min=0.05, max=10.0, unit="°")
     n_candidates: int = param(3, "peaks of the amplitude correlation tried (each with +180°)", min=1, max=20)
     climb_steps: int = param(4, "hill-climbing steps over the bank's neighbouring angles", min=0, max=50)
     iterations: int = param(15, "reference-free: at most this many passes over the stack", min=1, max=100)
     seed_images: int = param(1000, "reference-free: images in the bootstrap that starts the average", min=2)
     tolerance_deg: float = param(0.1, "reference-free: stop when the median angle change is below this",
-                                 min=0.0)
+                                 min=0.0, unit="°")
     split_halves: bool = param(True, "reference-free: align the even particles to the odd ones' average and the "
                                      "odd to the even (no particle sees its own noise in its reference)")
     batch_size: int = param(512, "particles per batch", min=1)

@@ -34,15 +34,15 @@ class MRAParams:
     """Settings of multi-reference alignment classification (``mra``)."""
 
     iterations: int = param(10, "assign / re-average iterations (stops early when no particle changes class)",
-                            min=1, max=200)
+                            min=1, max=200, basic=True)
     n_angles: int = param(72, "in-plane rotations searched (360 / n_angles degree steps)", min=4, max=720)
     search_shift: int = param(1, "shifts searched around the pre-aligned centre, ± pixels of the work box",
-                              min=0, max=8)
-    work_box: int = param(32, "images are Fourier-cropped to this box for clustering (pixels)", min=16)
+                              min=0, max=8, unit="px")
+    work_box: int = param(32, "images are Fourier-cropped to this box for clustering (pixels)", min=16, unit="px")
     prealign_iterations: int = param(3, "passes of the classical reference-free pre-alignment (0: none)",
                                      min=0, max=20)
     max_shift: float = param(0.0, "largest shift of the pre-alignment, pixels of the input (0: box / 8)",
-                             min=0.0)
+                             min=0.0, unit="px")
     seed: int = param(0, "random seed")
 
 

@@ -24,14 +24,14 @@ log = logging.getLogger(__name__)
 class PCAKMeansParams:
     """Settings of the PCA + KMeans baseline (``pca-kmeans``)."""
 
-    pca_components: int = param(20, "principal components kept", min=1)
-    work_box: int = param(32, "images are Fourier-cropped to this box for clustering (pixels)", min=16)
+    pca_components: int = param(20, "principal components kept", min=1, basic=True)
+    work_box: int = param(32, "images are Fourier-cropped to this box for clustering (pixels)", min=16, unit="px")
     prealign_iterations: int = param(0, "passes of the classical reference-free pre-alignment (0: raw pixels)",
                                      min=0, max=20)
     max_shift: float = param(0.0, "largest shift of the pre-alignment, pixels of the input (0: box / 8)",
-                             min=0.0)
+                             min=0.0, unit="px")
     n_init: int = param(4, "KMeans restarts", min=1)
-    refine_iterations: int = param(0, "MRA iterations seeded by the KMeans classes (0: none)", min=0, max=100)
+    refine_iterations: int = param(0, "MRA iterations seeded by the KMeans classes (0: none)", min=0, max=100, basic=True)
     seed: int = param(0, "random seed")
 
 

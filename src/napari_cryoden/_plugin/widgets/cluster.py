@@ -46,7 +46,8 @@ from ..layers import (
 )
 from ..notify import notify_error, notify_info
 from ..settings import form_values, load_state, restore_values, save_state
-from ._params import params_form, params_from_form
+from ._dock import ScrollingDock
+from ._params import ParamsForm, params_from_form
 from ._progress import ProgressRow
 
 STATE_KEY = "cluster"
@@ -128,7 +129,7 @@ class EmbeddingPlot(FigureCanvasQTAgg):
             self.on_pick(int(i))
 
 
-class ClusterWidget(Container):
+class ClusterWidget(ScrollingDock):
     def __init__(self, viewer: napari.viewer.Viewer):
         super().__init__(labels=True)
         self.viewer = viewer
@@ -140,7 +141,7 @@ class ClusterWidget(Container):
         self.method = ComboBox(label="method", choices=list(METHODS), value=state.get("method", "siamese")
                                if state.get("method") in METHODS else "siamese",
                                tooltip="siamese: pre-alignment, contrastive network, MRA refinement (docs/cluster.md)")
-        self.form = Container(labels=True)
+        self.form = ParamsForm()
         self.button = PushButton(text="Cluster")
         self.class_list = ClassSelect(label="show classes", choices=[], allow_multiple=True,
                                  tooltip="select classes to show only their members; none selected shows all")
@@ -150,8 +151,8 @@ class ClusterWidget(Container):
         self.extend([self.stack, self.classes, self.method, self.form, self.button, self.class_list, exports])
         self.progress = ProgressRow()
         self.plot = EmbeddingPlot(on_pick=self.go_to_particle)
-        self.native.layout().addWidget(self.progress)
-        self.native.layout().addWidget(self.plot)
+        self.body.layout().addWidget(self.progress)
+        self.body.layout().addWidget(self.plot)
         self.runner = JobRunner(on_event=self.progress.update)
         self.progress.follow(self.runner)
         self._saved_params = dict(state.get("params", {}))
@@ -168,8 +169,10 @@ class ClusterWidget(Container):
 
     # -------------------------------------------------------------------------------------- state
     def _method_changed(self, *_):
-        self.form.clear()
-        self.form.extend(list(params_form(PARAMS[self.method.value])))
+        if self.form.cls is not None:  # keep what the user set for the method the form showed
+            self._saved_params[self._form_method] = form_values(self.form)
+        self.form.set_params(PARAMS[self.method.value])
+        self._form_method = self.method.value
         restore_values(self.form, self._saved_params.get(self.method.value, {}))
 
     def _set_result_enabled(self, enabled: bool) -> None:

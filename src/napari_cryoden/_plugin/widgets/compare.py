@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import napari
 import numpy as np
-from magicgui.widgets import CheckBox, Container, PushButton, Select, create_widget
+from magicgui.widgets import CheckBox, PushButton, Select, create_widget
 from matplotlib.backends.backend_qtagg import FigureCanvasQTAgg
 from matplotlib.figure import Figure
 from qtpy.QtWidgets import QTableWidget, QTableWidgetItem
@@ -12,6 +12,7 @@ from qtpy.QtWidgets import QTableWidget, QTableWidgetItem
 from ... import metrics
 from ...errors import CryodenInputError
 from ..notify import notify_error
+from ._dock import ScrollingDock
 
 
 def compare_arrays(reference: np.ndarray, estimate: np.ndarray, *, voxel_size: float, fit: bool = True) -> dict:
@@ -20,7 +21,7 @@ def compare_arrays(reference: np.ndarray, estimate: np.ndarray, *, voxel_size: f
     return {**result.rows, "curve": result.curve}
 
 
-class CompareWidget(Container):
+class CompareWidget(ScrollingDock):
     def __init__(self, viewer: napari.viewer.Viewer):
         super().__init__(labels=True)
         self.viewer = viewer
@@ -36,8 +37,8 @@ class CompareWidget(Container):
         self.figure = Figure(figsize=(3.2, 2.2), dpi=90, tight_layout=True)
         self.canvas = FigureCanvasQTAgg(self.figure)
         self.canvas.setMinimumHeight(180)
-        self.native.layout().addWidget(self.table)
-        self.native.layout().addWidget(self.canvas)
+        self.body.layout().addWidget(self.table)
+        self.body.layout().addWidget(self.canvas)
         self.results: dict[str, dict] = {}
         self.button.changed.connect(self.run)
         self.grid.changed.connect(lambda v: setattr(self.viewer.grid, "enabled", bool(v)))

@@ -7,7 +7,7 @@ import dataclasses
 import napari
 import numpy as np
 from magicgui.widgets import CheckBox, ComboBox, Container, Label, PushButton, SpinBox, create_widget
-from qtpy.QtWidgets import QFileDialog
+from qtpy.QtWidgets import QFileDialog, QSizePolicy
 
 from ...denoise import methods
 from ...denoise.engine import TrainedDenoiser
@@ -20,14 +20,15 @@ from ..jobs import JobRunner
 from ..layers import add_image_result, follow_active_layer, image_choices, layer_input
 from ..notify import notify_error, notify_info
 from ..settings import form_values, load_state, restore_values, save_state
-from ._params import params_form, params_from_form
+from ._dock import ScrollingDock
+from ._params import ParamsForm, params_from_form
 from ._plot import LossPlot
 from ._progress import ProgressRow
 
 STATE_KEY = "denoise"
 
 
-class DenoiseWidget(Container):
+class DenoiseWidget(ScrollingDock):
     def __init__(self, viewer: napari.viewer.Viewer):
         super().__init__(labels=True)
         self.viewer = viewer
@@ -47,10 +48,13 @@ class DenoiseWidget(Container):
         self.method = ComboBox(label="method", choices=list(self._methods), value=default)
         self.stack = CheckBox(label="2D (per image)", value=False,
                               tooltip="treat the first axis as an image index (particle stacks)")
-        self.seed = SpinBox(label="seed", value=0, min=0, max=2**31 - 1)
+        self.seed = SpinBox(label="seed", value=0, min=0, max=2**31 - 1,
+                            tooltip="random seed: the same seed, data and settings give the same result")
         self.description = Label(value="")
         self.description.native.setWordWrap(True)
-        self.form = Container(labels=True)
+        # a long description wraps to the dock's width instead of widening the dock past the window
+        self.description.native.setSizePolicy(QSizePolicy.Policy.Ignored, QSizePolicy.Policy.Preferred)
+        self.form = ParamsForm(extra_advanced=[self.seed])
         self.train_button = PushButton(text="Train")
         self.predict_button = PushButton(text="Predict")
         self.both_button = PushButton(text="Train and predict")
@@ -61,12 +65,12 @@ class DenoiseWidget(Container):
                             labels=False)
         model_row = Container(widgets=[self.save_button, self.load_button, self.model_label], layout="horizontal",
                               labels=False)
-        self.extend([self.image, self.half2, self.method, self.stack, self.seed, self.description, self.form,
-                     buttons, model_row])
+        self.extend([self.image, self.half2, self.method, self.stack, self.description, self.form, buttons,
+                     model_row])
         self.progress = ProgressRow()
         self.loss_plot = LossPlot()
-        self.native.layout().addWidget(self.progress)
-        self.native.layout().addWidget(self.loss_plot)
+        self.body.layout().addWidget(self.progress)
+        self.body.layout().addWidget(self.loss_plot)
         self.runner = JobRunner(on_event=self._on_event)
         self.progress.follow(self.runner)
         self.method.changed.connect(self._method_changed)
@@ -95,12 +99,11 @@ class DenoiseWidget(Container):
     def _method_changed(self, *_):
         # Keep what the user set for the method and kind of data the form showed (2D and 3D settings are kept
         # apart: a 2D patch of 96 must never become the 3D setting), then show this method's for the current kind.
-        if getattr(self, "_form_key", None) is not None and len(self.form):
+        if getattr(self, "_form_key", None) is not None and self.form.cls is not None:
             self._saved_params[self._form_key] = form_values(self.form)
         m = self.method_info
         values = as_dict(m.default_params(dims=self._dims()))
-        self.form.clear()
-        self.form.extend(list(params_form(m.params, values=values)))
+        self.form.set_params(m.params, values=values)
         self._form_key = self._form_key_now()
         restore_values(self.form, self._saved_params.get(self._form_key, {}))
         self.description.value = m.description
@@ -242,10 +245,10 @@ class DenoiseWidget(Container):
             return
         self.model = model
         self.method.value = model.method
-        names = {w.name for w in self.form}
+        names = {w.name for w in self.form.fields()}
         for f in dataclasses.fields(model.params):
             if f.name in names:
-                self.form[f.name].value = getattr(model.params, f.name)
+                self.form.field(f.name).value = getattr(model.params, f.name)
         self.stack.value = model.net_config.dims == 2
         self.model_label.value = f"{model.method} model, {len(model.history)} steps"
         self.predict_button.enabled = self.save_button.enabled = True

@@ -3,20 +3,21 @@
 from __future__ import annotations
 
 import napari
-from magicgui.widgets import CheckBox, ComboBox, Container, FloatSpinBox, PushButton, SpinBox
+from magicgui.widgets import CheckBox, ComboBox, FloatSpinBox, PushButton, SpinBox
 
 from ... import sample_data as core
 from ...simulate import iter_simulate_particles, iter_simulate_tomogram
 from ..jobs import JobRunner
 from ..layers import add_layer
 from ..sample_data import particle_layers, tomogram_layers
+from ._dock import ScrollingDock
 from ._progress import ProgressRow
 
 #: Views (rot, tilt) of the built-in map used as classes, in this order.
 VIEWS = ((0.0, 0.0), (0.0, 90.0), (90.0, 90.0), (45.0, 45.0), (120.0, 60.0), (200.0, 30.0))
 
 
-class SimulateWidget(Container):
+class SimulateWidget(ScrollingDock):
     def __init__(self, viewer: napari.viewer.Viewer):
         super().__init__(labels=True)
         self.viewer = viewer
@@ -42,7 +43,7 @@ class SimulateWidget(Container):
         self.particle_widgets = [self.n, self.box, self.classes, self.max_shift, self.ctf]
         self.extend([self.kind, self.snr, self.seed, *self.tomo_widgets, *self.particle_widgets, self.button])
         self.progress = ProgressRow()
-        self.native.layout().addWidget(self.progress)
+        self.body.layout().addWidget(self.progress)
         self.runner = JobRunner(on_event=self.progress.update)
         self.progress.follow(self.runner)
         self.kind.changed.connect(self._kind_changed)

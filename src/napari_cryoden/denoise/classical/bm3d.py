@@ -52,10 +52,10 @@ TILE = 256
 @dataclass(frozen=True)
 class BM3DParams:
     noise_sigma: float | None = param(None, "noise standard deviation in input units; estimated from the data "
-                                            "(MAD of the finest diagonal Haar band) when not given", min=0.0)
-    patch_size: int = param(8, "block side in pixels", min=2, max=32)
-    search_window: int = param(39, "side of the block-matching search window in pixels", min=3, max=101)
-    step: int = param(3, "step between reference blocks in pixels", min=1, max=16)
+                                            "(MAD of the finest diagonal Haar band) when not given", min=0.0, basic=True)
+    patch_size: int = param(8, "block side in pixels", min=2, max=32, unit="px")
+    search_window: int = param(39, "side of the block-matching search window in pixels", min=3, max=101, unit="px")
+    step: int = param(3, "step between reference blocks in pixels", min=1, max=16, unit="px")
     matches: int = param(16, "blocks per group in the hard-thresholding stage (rounded down to a power of 2)",
                          min=1, max=64)
     wiener_matches: int = param(32, "blocks per group in the Wiener stage (rounded down to a power of 2)",

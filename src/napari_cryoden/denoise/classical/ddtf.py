@@ -43,8 +43,8 @@ TILE = 512
 @dataclass(frozen=True)
 class DDTFParams:
     noise_sigma: float | None = param(None, "noise standard deviation in input units; estimated from the data "
-                                            "(MAD of the finest diagonal Haar band) when not given", min=0.0)
-    patch_size: int = param(8, "filter (patch) side in pixels", min=2, max=16)
+                                            "(MAD of the finest diagonal Haar band) when not given", min=0.0, basic=True)
+    patch_size: int = param(8, "filter (patch) side in pixels", min=2, max=16, unit="px")
     threshold: float = param(3.0, "hard threshold in units of the noise sigma", min=0.0, max=20.0)
     iterations: int = param(25, "filter-learning rounds (thresholding + SVD update)", min=0, max=500)
     train_patches: int = param(20000, "patches drawn at random to learn the filters", min=16, max=10**7)

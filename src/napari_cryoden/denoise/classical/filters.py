@@ -91,14 +91,14 @@ def _load_reference(path: str, shape: tuple[int, ...]) -> np.ndarray:
 
 @dataclass(frozen=True)
 class GaussianParams:
-    sigma: float = param(1.0, "Gaussian standard deviation in pixels", min=0.0, max=50.0)
+    sigma: float = param(1.0, "Gaussian standard deviation in pixels", min=0.0, max=50.0, unit="px", basic=True)
     reference: str | None = param(None, "oracle mode (benchmarks only): clean MRC of the same shape; sigma "
                                         "is then chosen on a grid (0.25-6 px) to minimise the MSE against it")
 
 
 @dataclass(frozen=True)
 class MedianParams:
-    size: int = param(3, "median window side in pixels", min=1, max=51)
+    size: int = param(3, "median window side in pixels", min=1, max=51, unit="px", basic=True)
     reference: str | None = param(None, "oracle mode (benchmarks only): clean MRC of the same shape; size "
                                         "is then chosen among 1-11 px to minimise the MSE against it")
 

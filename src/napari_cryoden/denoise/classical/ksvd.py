@@ -49,15 +49,15 @@ _OMP_CHUNK = 8192
 @dataclass(frozen=True)
 class KSVDParams:
     noise_sigma: float | None = param(None, "noise standard deviation in input units; estimated from the data "
-                                            "(MAD of the finest diagonal Haar band) when not given", min=0.0)
-    patch_size: int = param(8, "patch side in pixels", min=2, max=16)
+                                            "(MAD of the finest diagonal Haar band) when not given", min=0.0, basic=True)
+    patch_size: int = param(8, "patch side in pixels", min=2, max=16, unit="px")
     n_atoms: int = param(256, "dictionary atoms", min=2, max=4096)
     sparsity: int = param(4, "most atoms per patch (OMP); 1 = a single max-correlation pick", min=1, max=64)
     iterations: int = param(10, "dictionary-learning rounds (sparse coding + atom updates)", min=0, max=200)
     error_gain: float = param(1.15, "OMP stops a patch when its residual RMS is at most error_gain * sigma; "
                                     "0 to always use `sparsity` atoms", min=0.0, max=10.0)
     train_patches: int = param(4000, "patches drawn at random to learn the dictionary", min=16, max=10**6)
-    step: int = param(1, "step between the patches that are denoised and averaged (1 = all)", min=1, max=16)
+    step: int = param(1, "step between the patches that are denoised and averaged (1 = all)", min=1, max=16, unit="px")
 
 
 def overcomplete_dct(patch_size: int, n_atoms: int) -> np.ndarray:

@@ -34,7 +34,7 @@ __all__ = ["SupervisedParams", "denoise_with_model", "iter_cgan", "iter_autoenco
 @dataclass(frozen=True)
 class SupervisedParams:
     # `cryoden denoise --model FILE` fills this field (one --model flag for every trained method).
-    model: str = param("", "trained model file (.pt) written by `cryoden train-supervised`")
+    model: str = param("", "trained model file (.pt) written by `cryoden train-supervised`", basic=True)
     batch_size: int = param(16, "images per inference batch", min=1, max=4096)
 
 
