@@ -141,3 +141,35 @@ def test_cluster_batch_over_a_folder_is_resumable_and_reports_bad_files(data, ca
     rc, _, err = run(capsys, "cluster", folder / "part0.mrcs", folder / "part1.mrcs", "-o", out, "--classes", 3,
                      "--averages", tmp_path / "a.mrcs")
     assert rc == 2 and "--averages" in err
+
+
+def test_every_method_parameter_is_an_option_and_reaches_the_method(capsys, tmp_path):
+    """CLI parity: the options are generated from the parameter dataclasses, so each field of each method is
+    settable, and an option of another method is refused instead of being ignored."""
+    import dataclasses
+
+    from napari_cryoden.cli import build_parser
+    from napari_cryoden.cli.cluster import _params
+    from napari_cryoden.cluster import PARAMS, MRAParams, SiameseParams
+
+    parser = build_parser()
+    for method, cls in PARAMS.items():
+        for f in dataclasses.fields(cls):
+            if f.name in ("seed", "epochs", "time_budget"):
+                continue  # top-level flags
+            flag = "--" + f.name.replace("_", "-")
+            assert _has_option(parser, "cluster", flag), (method, flag)
+    args = parser.parse_args(["cluster", "x.mrcs", "-o", "y.star", "--classes", "3", "--method", "mra",
+                              "--iterations", "2", "--n-angles", "36", "--work-box", "24", "--seed", "5"])
+    assert _params(args, "mra") == MRAParams(iterations=2, n_angles=36, work_box=24, seed=5)
+    args = parser.parse_args(["cluster", "x.mrcs", "-o", "y.star", "--classes", "3", "--rounds", "2",
+                              "--embedding-dim", "8", "--time-budget", "30"])
+    assert _params(args, "siamese") == SiameseParams(rounds=2, embedding_dim=8, time_budget=30.0)
+    rc, _, err = run(capsys, "cluster", tmp_path / "x.mrcs", "-o", tmp_path / "y.star", "--classes", 3,
+                     "--method", "mra", "--rounds", 2)
+    assert rc == 2 and "--rounds does not apply to --method mra" in err
+
+
+def _has_option(parser, command: str, flag: str) -> bool:
+    sub = next(a for a in parser._actions if a.__class__.__name__ == "_SubParsersAction")
+    return flag in sub.choices[command]._option_string_actions

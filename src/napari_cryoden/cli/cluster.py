@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 
 import numpy as np
@@ -38,20 +39,29 @@ def parse_classes(text: str) -> list[int]:
 
 
 def _params(args, method: str):
+    """The method's parameters: its defaults, the method options given (``--rounds``, ``--work-box`` ...), and
+    the top-level ``--seed`` / ``--epochs`` / ``--time-budget``."""
     from ..cluster import PARAMS
+    from ..params import given_params, validate
 
-    values = {"seed": args.seed}
-    if method == "siamese":
-        if args.epochs is not None:
-            values["epochs"] = float(args.epochs)
-        if args.time_budget is not None:
-            values["time_budget"] = float(args.time_budget)
+    cls = PARAMS[method]
+    names = {f.name for f in dataclasses.fields(cls)}
+    foreign = sorted({f.name for other in PARAMS.values() for f in dataclasses.fields(other)} - names)
+    wrong = [n for n in foreign if getattr(args, f"param_{n}", None) is not None]
+    if wrong:  # an option of another method would be ignored without a word
+        raise CryodenInputError(None, f"--{wrong[0].replace('_', '-')} does not apply to --method {method}")
+    values = given_params(cls, args)
+    values["seed"] = args.seed
+    for name in ("epochs", "time_budget"):
+        if getattr(args, name) is not None:
+            if name not in names:
+                raise CryodenInputError(None, f"--{name.replace('_', '-')} applies to --method siamese, "
+                                              f"not {method}")
+            values[name] = float(getattr(args, name))
     try:
-        from ..params import validate
-
-        return validate(PARAMS[method](**values))
+        return validate(cls(**values))
     except ValueError as exc:
-        raise CryodenInputError(None, str(exc)) from exc
+        raise CryodenInputError(None, f"--method {method}: {exc}") from exc
 
 
 def _write_embedding(path, result, inputs) -> None:
@@ -91,9 +101,10 @@ def _cluster_one(args) -> int:
                            inputs=(args.input, args.model), overwrite=args.overwrite)
     if not str(args.output).lower().endswith(".star"):
         raise CryodenInputError(args.output, "the output must be a .star file")
+    ks = parse_classes(args.classes)
+    params = _params(args, args.method)  # settings errors before any file is read
     if not Path(args.input).exists():
         raise CryodenInputError(args.input, "file not found")
-    ks = parse_classes(args.classes)
     if args.method != "siamese" and (args.model or args.save_model):
         raise CryodenInputError(args.model or args.save_model, f"--model/--save-model apply to --method siamese, "
                                                                f"not {args.method}")
@@ -105,7 +116,6 @@ def _cluster_one(args) -> int:
                                             f"got {args.classes}")
     model = load_model(args.model, kind="cluster/siamese") if args.model else None
     train = model is None or args.epochs is not None or args.time_budget is not None
-    params = _params(args, args.method)
     device = resolve_device(args.device, need_fft=True)
     print(f"clustering {n} particles of {box}x{box} px ({apix:.4g} Å) into {args.classes} classes with "
           f"{args.method} on {describe_device(device)}")
@@ -169,7 +179,8 @@ def cmd_subset(args) -> int:
 
 
 def register(commands: dict) -> None:
-    from ..cluster import METHODS
+    from ..cluster import METHODS, PARAMS
+    from ..params import add_method_params
 
     p = commands["root"].add_parser(
         "cluster", help="2D classification of particles: classes, class averages, an embedding to plot",
@@ -191,8 +202,9 @@ def register(commands: dict) -> None:
     group.add_argument("--time-budget", type=positive_float, default=None,
                        help="siamese: stop training after S seconds")
     p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:1, mps")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=int, default=0, help="random seed (default: 0)")
     add_checkpoint_args(p)
+    add_method_params(p, PARAMS, skip=("seed", "epochs", "time_budget"))
     p.set_defaults(func=cmd_cluster)
 
     p = commands["root"].add_parser("subset", help="the particles of chosen classes of a classified STAR file")
