@@ -178,7 +178,6 @@ class FourierN2N(SelfSupervisedMethod):
             p = replace(p, low_frequency_fraction=0.07)
         return replace(p, **overrides) if overrides else p
 
-    @staticmethod
     def prepare_params(self, params: FourierN2NParams, vol: np.ndarray, *, dims: int,
                        model: TrainedDenoiser | None, noise: NoiseCorrelation | None = None) -> FourierN2NParams:
         """Resolve ``whitening="auto"``: the lengths measured on the data (the model's when training continues;
