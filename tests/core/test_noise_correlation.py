@@ -170,3 +170,22 @@ def test_the_cli_names_the_file_and_writes_nothing(tmp_path, capsys, case, metho
     assert rc == 2
     assert f"{case}.mrc:" in err and {"constant": "constant", "tiny": "too small", "nan": "NaN"}[case] in err
     assert sorted(p.name for p in tmp_path.iterdir()) == [f"{case}.mrc"]
+
+
+def test_the_fourier_ball_holds_the_same_share_of_the_noise_power_whatever_its_correlation():
+    # The always-kept ball is in every input and every target, so its noise is copied to the output.
+    from napari_cryoden.denoise.masks import low_frequency_radius
+    from napari_cryoden.denoise.self_supervised import ball_volume_fraction
+
+    assert ball_volume_fraction((0.0, 0.0, 0.0), 0.005, dims=3) == 0.005  # white: volume share = power share
+    k = np.fft.fftfreq(64)
+    kz, ky, kx = np.meshgrid(k, k, k, indexing="ij")
+    r = np.sqrt(kz**2 + ky**2 + kx**2)
+    for lengths in [(1.0, 1.0, 1.0), (1.5, 0.75, 0.75)]:
+        power = np.exp(-4 * np.pi**2 * (lengths[0]**2 * kz**2 + lengths[1]**2 * ky**2 + lengths[2]**2 * kx**2))
+
+        def share(fraction):
+            return power[r <= low_frequency_radius(3, fraction)].sum() / power.sum()
+
+        assert share(0.005) > 0.1  # the white-noise ball would keep over 10 % of this noise in the output
+        assert 0.0 < share(ball_volume_fraction(lengths, 0.005, dims=3)) <= 0.005

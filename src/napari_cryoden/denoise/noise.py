@@ -57,7 +57,7 @@ _MODEL_GRID = 32
 
 
 class NoNoiseError(CryodenInputError):
-    """The data hold no noise to measure (constant, or identical halves): nothing to denoise."""
+    """The data hold no noise to measure (constant): nothing to denoise."""
 
 
 @dataclass(frozen=True)
@@ -266,10 +266,13 @@ def estimate_noise_correlation(data, *, dims: int = 3, half2=None, threshold: fl
         if h.shape != v.shape:
             raise CryodenInputError(name, f"the two halves differ in shape: {np.shape(data)} and {np.shape(half2)}")
         _check(h, axes, name)
-        v = v - h
+        if float((v - h).std()) <= 1e-12 * max(1.0, float(np.abs(v).max())):
+            log.warning("the two halves are identical in their centre; the noise is measured on the first alone")
+            half2 = None
+        else:
+            v = v - h
     if float(v.std()) <= 1e-12 * max(1.0, float(np.abs(v).max())):
-        raise NoNoiseError(name, ("the two halves are identical" if half2 is not None else "is constant")
-                                + ": there is no noise to measure (nothing to denoise)")
+        raise NoNoiseError(name, "is constant: there is no noise to measure (nothing to denoise)")
     if half2 is not None:
         model = _Model(axes, None, max_lag)
         rho = _lag_correlations(v, axes, max_lag)

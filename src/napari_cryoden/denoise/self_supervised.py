@@ -149,6 +149,10 @@ class FourierN2NParams(EngineParams):
     fourier_target: str = param("complement", "training target: the frequencies the input dropped (independent "
                                               "noise) or an independent pool member (the thesis)",
                                 choices=("complement", "independent"))
+    ball: str = param("noise", "what --low-frequency-fraction measures: the share of the measured noise power the "
+                               "always-kept ball holds (it shrinks for correlated noise, whose power sits at low "
+                               "frequencies) or the share of the spectrum's volume (the thesis)",
+                      choices=("noise", "volume"))
     whitening: str = param("auto", "whiten the noise before the Fourier masks and undo it on output: auto (from the "
                                    "noise correlation measured on the data), off, or z,y,x Gaussian lengths (voxels)")
     whitening_floor: float = param(0.1, "regularisation of the whitening filter sqrt((1 + f) / (N(k) + f)), N the "
@@ -182,13 +186,18 @@ class FourierN2N(SelfSupervisedMethod):
                        model: TrainedDenoiser | None, noise: NoiseCorrelation | None = None) -> FourierN2NParams:
         """Resolve ``whitening="auto"``: the lengths measured on the data (the model's when training continues;
         off when nothing was measured)."""
-        if not isinstance(params, FourierN2NParams) or str(params.whitening).strip().lower() != "auto":
+        if not isinstance(params, FourierN2NParams):
             return params
-        if model is not None:
-            return replace(params, whitening=getattr(model.params, "whitening", "off"))
-        if noise is None:
-            return replace(params, whitening="off")
-        return replace(params, whitening=",".join(f"{v:g}" for v in noise.lengths))
+        if model is not None:  # continue with the model's resolved settings
+            return replace(params, whitening=getattr(model.params, "whitening", "off"), ball="volume",
+                           low_frequency_fraction=model.params.low_frequency_fraction)
+        if params.ball == "noise":
+            lengths = noise.lengths if noise is not None else (0.0, 0.0, 0.0)
+            fraction = ball_volume_fraction(lengths, params.low_frequency_fraction, dims=dims)
+            params = replace(params, ball="volume", low_frequency_fraction=fraction)
+        if str(params.whitening).strip().lower() == "auto":
+            params = replace(params, whitening="off" if noise is None else ",".join(f"{v:g}" for v in noise.lengths))
+        return params
 
     @staticmethod
     def _mask_options(params: FourierN2NParams, generator, device) -> dict:
@@ -223,6 +232,31 @@ class FourierN2N(SelfSupervisedMethod):
         if params.fourier_target == "complement" or not isinstance(w, float):
             y = apply_fourier_mask(y, gain / w)  # the attenuation and the whitening undone
         return y
+
+
+def ball_volume_fraction(lengths, noise_share: float, *, dims: int, grid: int = 64) -> float:
+    """The share of the spectrum's volume of the low-frequency ball that holds ``noise_share`` of the power of
+    noise with Gaussian lengths ``lengths`` (z, y, x): ``noise_share`` itself for white noise, much less for
+    correlated noise. The ball is in every input *and* every target, so its noise is copied to the output:
+    with the default 0.5 % of the volume, noise of σ = 1 voxel along z, y and x would keep 18 % of its power
+    there; sized by noise power it keeps 0.5 %."""
+    if noise_share <= 0:
+        return 0.0
+    if max(lengths[-dims:]) <= 0:
+        return float(noise_share)
+    k = np.fft.fftfreq(grid)
+    use = lengths[-dims:]
+    grids = np.meshgrid(*([k] * dims), indexing="ij")
+    power = np.exp(-4.0 * np.pi**2 * sum(float(length) ** 2 * g**2 for length, g in zip(use, grids)))
+    radius = np.round(np.sqrt(sum(g**2 for g in grids)).ravel(), 9)
+    shells, index = np.unique(radius, return_inverse=True)
+    share = np.cumsum(np.bincount(index, weights=power.ravel())) / power.sum()
+    # The largest ball (whole shells of the grid) that holds no more than the share: at least the origin.
+    fits = np.flatnonzero(share <= noise_share)
+    r = float(shells[fits[-1]]) if fits.size else 0.0
+    r = max(r, 0.5 / grid)
+    volume = 4.0 / 3.0 * np.pi * r**3 if dims == 3 else np.pi * r**2
+    return float(min(noise_share, volume))
 
 
 def whitening_lengths(params: FourierN2NParams) -> tuple[float, float, float] | None:
