@@ -184,7 +184,7 @@ def test_the_fourier_ball_holds_the_same_share_of_the_noise_power_whatever_its_c
     for lengths in [(1.0, 1.0, 1.0), (1.5, 0.75, 0.75)]:
         power = np.exp(-4 * np.pi**2 * (lengths[0]**2 * kz**2 + lengths[1]**2 * ky**2 + lengths[2]**2 * kx**2))
 
-        def share(fraction):
+        def share(fraction, power=power):
             return power[r <= low_frequency_radius(3, fraction)].sum() / power.sum()
 
         assert share(0.005) > 0.1  # the white-noise ball would keep over 10 % of this noise in the output
