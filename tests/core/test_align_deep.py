@@ -1,5 +1,12 @@
-"""UDL and JUDL: train a few steps on CPU (the network changes, losses stay finite, JUDL's reconstruction term
-starts after the first epoch), models round-trip exactly, inference aligns held-out particles."""
+"""UDL and JUDL: a short CPU training makes the (non-equivariant) network find angles it cannot find untrained;
+JUDL's reconstruction term has gradient from the first step; `refine="none"` is the network's own answer;
+models round-trip exactly and an old model file is refused with a message.
+
+No assertion depends on a training's exact float trajectory (CI runs on different CPUs): what is asserted is a
+property with a margin that the untrained network or a no-op training cannot meet. Margins measured on this
+data (2 threads, 2026-11-22, seeds 0-2): the trained UDL network's median error on held-out pairs 1.2-2.3°
+against 26-34° untrained (chance is 45°).
+"""
 
 from __future__ import annotations
 
@@ -7,29 +14,42 @@ import numpy as np
 import pytest
 import torch
 
-from napari_cryoden.align.networks import RelativeAngleNet, shift_angles
+from napari_cryoden.align.networks import ARCHITECTURE, AmplitudeAutoencoder, SiameseAngleRegressor
+from napari_cryoden.align.transforms import rotate_images
 from napari_cryoden.align.udl import (
     DeepAlignParams,
     build_network,
+    check_model,
+    checkerboard_halves,
     circular_distance_180,
     iter_align_with_model,
     iter_train,
     log_amplitudes,
+    network_angle_error,
+    predict_relative_angles,
+    reconstruction_weight,
+    training_losses,
 )
+from napari_cryoden.errors import CryodenInputError
 from napari_cryoden.metrics import angular_error
-from napari_cryoden.models import load_model, save_model
+from napari_cryoden.models import ModelFile, load_model, save_model
 from napari_cryoden.progress import ProgressEvent, run
 from napari_cryoden.sample_data import builtin_map
 from napari_cryoden.simulate import project_map, resample_map, simulate_alignment_stack
 
 BOX = 32
+#: A short training (measured 6 s on 2 idle cores); the tiny spectrum keeps it fast.
+PARAMS = DeepAlignParams(epochs=3, steps_per_epoch=50, batch_size=16, spectrum_size=16, seed=0)
+
+
+def _reference() -> np.ndarray:
+    m = builtin_map()
+    vol = resample_map(np.asarray(m.data), voxel_size=m.pixel_size, pixel_size=m.pixel_size * 1.8, box=BOX)
+    return project_map(vol, rot=0.0, tilt=0.0, psi=0.0)[0].astype(np.float32)
 
 
 def _stack(n: int, seed: int):
-    m = builtin_map()
-    vol = resample_map(np.asarray(m.data), voxel_size=m.pixel_size, pixel_size=m.pixel_size * 1.8, box=BOX)
-    ref = project_map(vol, rot=0.0, tilt=0.0, psi=0.0)[0].astype(np.float32)
-    return simulate_alignment_stack(ref, pixel_size=1.0, n_per_image=n, max_shift=3, integer_shifts=False,
+    return simulate_alignment_stack(_reference(), pixel_size=1.0, n_per_image=n, max_shift=3, integer_shifts=False,
                                     ctf_mode="none", snr=5.0, seed=seed)
 
 
@@ -41,7 +61,30 @@ def sim():
 @pytest.fixture(scope="module")
 def held_out():
     """Particles of the same view that training never sees (another noise, angle and shift draw)."""
-    return _stack(16, seed=1)
+    return _stack(32, seed=1)
+
+
+@pytest.fixture(scope="module")
+def udl_model(sim):
+    return run(iter_train(sim.images, None, PARAMS))
+
+
+def _untrained(model: ModelFile) -> ModelFile:
+    torch.manual_seed(PARAMS.seed)  # the network iter_train starts from
+    c = model.config
+    net = SiameseAngleRegressor(c["spectrum_size"], base=c["base_channels"], levels=c["levels"])
+    return ModelFile(kind=model.kind, config=dict(c), state_dict={"net": net.state_dict()})
+
+
+def _pair_errors(model: ModelFile, held_out) -> np.ndarray:
+    """Errors (degrees mod 180) of the network on 48 fixed pairs of *different* held-out particles."""
+    net = build_network(model)
+    g = np.random.default_rng(123)
+    i, j = g.integers(len(held_out.images), size=(2, 48))
+    amps = log_amplitudes(held_out.images, size=net.size)
+    with torch.no_grad():
+        phi = net(amps[i], amps[j]).numpy()
+    return network_angle_error(phi, held_out.angles[j] - held_out.angles[i])
 
 
 def test_circular_loss_is_a_true_distance():
@@ -49,91 +92,136 @@ def test_circular_loss_is_a_true_distance():
     np.testing.assert_allclose(circular_distance_180(a, b).numpy(), [2.0, 2.0, 90.0, 0.0], atol=1e-4)
 
 
-def test_network_is_rotation_equivariant_by_design():
+def test_the_network_is_not_equivariant_by_construction():
+    """Rotating an input does not turn an untrained network's answer by the rotation (so the difference loss
+    has something to teach), and the answer is antisymmetric by construction (f(a, b) = -f(b, a))."""
     torch.manual_seed(0)
-    net = RelativeAngleNet(BOX).eval()
-    amp = log_amplitudes(np.random.default_rng(0).normal(size=(1, BOX, BOX)).astype(np.float32))
-    polar = net.polar(amp)
-    turned = shift_angles(polar, torch.tensor([20.0]))
-    fa = net.features(polar * net.mask(polar)).mean(2)
-    fb = net.features(turned * net.mask(turned)).mean(2)
-    c = torch.fft.irfft(torch.conj(torch.fft.rfft(fb)) * torch.fft.rfft(fa), n=net.n_angles).sum(1)
-    assert abs(int(c.argmax()) * 180 / net.n_angles - (180 - 20)) % 180 <= 2 or int(c.argmax()) * 2 in (18, 20, 22)
-
-
-@torch.no_grad()
-def _fixed_pair_predictions(net, sim, held_out, joint: bool) -> torch.Tensor:
-    """The network's relative angles on 48 fixed pairs of held-out particles (JUDL: reference, particle)."""
-    g = torch.Generator().manual_seed(123)
-    amps = log_amplitudes(held_out.images)
-    n = 48
-    b = amps[torch.randint(len(amps), (n,), generator=g)]
-    a = (log_amplitudes(sim.references[:1]).expand(n, -1, -1, -1) if joint
-         else amps[torch.randint(len(amps), (n,), generator=g)])
-    return net(a, b)
-
-
-@pytest.mark.parametrize("joint", [False, True], ids=["udl", "judl"])
-def test_training_changes_the_network_and_the_model_round_trips(sim, held_out, tmp_path, joint):
-    # No claim that this short training improves the network, on purpose: at CPU test budgets the training is
-    # chaotic. Measured on this data with the fixed-pair difference loss on held-out particles (trained /
-    # untrained): JUDL (batch 16, 60 steps) 0.07-0.37 for 17 of 20 seeds but 0.73, 0.82 and 2.08 for seeds
-    # 10, 17 and 18 (also without the reconstruction term); UDL (batch 16) stuck at 0.90 for seed 0 at 2 threads,
-    # and about 0.5 for seeds 3 and 5 at 1 thread even after 105 steps; with this test's batch of 8 and seed 0,
-    # JUDL ended at 1.3x the untrained loss at 1 thread and 0.24x at 2. A loss that must fall would fail on some
-    # CPUs (it did, on an AMD EPYC), so what is asserted holds for any float trajectory: finite losses, a network
-    # that changed, JUDL's schedule, an exact round trip, and that the trained model runs (its accuracy depends on
-    # the trajectory too: known-answer alignment is checked with a fixed network in
-    # test_inference_aligns_held_out_particles).
-    params = DeepAlignParams(epochs=3, steps_per_epoch=20, batch_size=8, learning_rate=1e-3, seed=0,
-                             reconstruction_weight=0.5)
-    torch.manual_seed(params.seed)  # the network iter_train starts from
-    initial = RelativeAngleNet(BOX, base=params.base_channels, levels=params.levels).eval()
-    gen = iter_train(sim.images, sim.references[0] if joint else None, params, joint=joint)
-    events: list[ProgressEvent] = []
-    model = run(gen, events.append)
-    assert model.kind == ("align/judl" if joint else "align/udl")
-    history = model.extra["history"]
-    assert len(events) == len(history) == 60
-    assert all(np.isfinite([h["angle_loss"], h["reconstruction"]]).all() for h in history)
-    # A no-op training (the initial weights returned) fails here: the predictions on held-out pairs moved.
-    trained = build_network(model)
-    moved = circular_distance_180(_fixed_pair_predictions(trained, sim, held_out, joint),
-                                  _fixed_pair_predictions(initial, sim, held_out, joint))
-    # Measured median: 6-17 degrees with seed 0 at 1 and 2 threads, 1.9-12 for seeds 1-3; a no-op gives 0.
-    assert float(moved.median()) > 0.5, float(moved.median())
-    if joint:  # the reconstruction term is off in the first epoch (epochs count from 0), on after it
-        assert all(h["reconstruction"] == 0 for h in history if h["epoch"] == 0)
-        assert all(h["reconstruction"] > 0 for h in history if h["epoch"] > 0)
-        assert "autoencoder" in model.state_dict
-    path = save_model(tmp_path / "m.pt", model)
-    loaded = load_model(path, kind="align")
-    a, b = build_network(model), build_network(loaded)
-    x = log_amplitudes(held_out.images[:4])
+    net = SiameseAngleRegressor(16).eval()
+    ref = _reference()
+    angles = np.arange(12) * 15.0 + 7.0
+    amps = log_amplitudes(np.stack([ref] * 12), size=16)
+    turned = log_amplitudes(rotate_images(np.stack([ref] * 12), angles), size=16)
     with torch.no_grad():
-        np.testing.assert_array_equal(a(x[:1], x).numpy(), b(x[:1], x).numpy())
-    result = run(iter_align_with_model(held_out.images, loaded, sim.references[0]))
-    assert result.angles.shape == (16,) and result.origins.shape == (16, 2)
-    assert np.isfinite(result.scores).all()
+        err = network_angle_error(net(amps, turned).numpy(), angles)
+        assert float(circular_distance_180(net(amps, turned), -net(turned, amps)).max()) < 1e-3
+    assert np.median(err) > 10.0, np.median(err)
 
 
-def test_inference_aligns_held_out_particles(sim, held_out):
-    """Known answers, the true angles and shifts of held-out particles, through the whole inference (network guess
-    modulo 180, cross-correlation for the 180 degree choice, the shift and the refinement).
+def test_checkerboard_halves_have_independent_noise_and_the_same_signal():
+    rng = np.random.default_rng(0)
+    noise = torch.as_tensor(rng.normal(size=(200, BOX, BOX)).astype(np.float32))
+    h1, h2 = checkerboard_halves(noise)
+    assert float((h1 * h2).sum()) == 0.0  # disjoint pixels
+    ref = torch.as_tensor(_reference())[None]
+    a1, a2 = checkerboard_halves(ref)
+    # The split aliases a copy of the signal to the spectrum's corners; the centre the network sees is intact.
+    lo = log_amplitudes(ref, size=16)
+    for half in (a1, a2):
+        c = np.corrcoef(log_amplitudes(half, size=16).flatten().numpy(), lo.flatten().numpy())[0, 1]
+        assert c > 0.98, c
 
-    The network is a fixed untrained one (seed 0): inference must not depend on how a short training went (a bad
-    JUDL run at 1 thread gave a 7 degree median error). The untrained network is a usable guesser by design (it is
-    rotation-equivariant); measured with seeds 0-3 at 1 and 2 threads: median angle error 0.41-0.74 deg, median
-    shift error 0.03-0.05 px. Baseline that fails: angles not found (all 0) give a median error of about 90 deg.
-    """
-    from napari_cryoden.models import ModelFile
 
+def test_training_beats_the_untrained_network_on_fixed_held_out_pairs(udl_model, held_out):
+    trained, untrained = _pair_errors(udl_model, held_out), _pair_errors(_untrained(udl_model), held_out)
+    # Measured: trained 1.5-3°, untrained 25-35° (chance 45°). A no-op training returns the untrained network.
+    assert np.median(trained) < 10.0, np.median(trained)
+    assert np.median(trained) < 0.4 * np.median(untrained), (np.median(trained), np.median(untrained))
+
+
+def test_a_trained_tiny_model_recovers_a_known_rotation_between_clean_projections(udl_model):
+    ref = _reference()
+    angles = np.array([5.0, 33.0, 61.0, 97.0, 128.0, 170.0])
+    turned = rotate_images(np.stack([ref] * len(angles)), angles)
+    guess = predict_relative_angles(build_network(udl_model), ref, turned)
+    assert np.median(network_angle_error(guess, angles)) < 6.0, network_angle_error(guess, angles)
+    untrained = predict_relative_angles(build_network(_untrained(udl_model)), ref, turned)
+    assert np.median(network_angle_error(untrained, angles)) > 12.0
+
+
+def test_training_reports_each_step_and_the_model_round_trips(udl_model, held_out, tmp_path):
+    history = udl_model.extra["history"]
+    assert len(history) == 150 and [h["step"] for h in history] == list(range(1, 151))
+    assert all(np.isfinite([h["angle_loss"], h["half_loss"]]).all() for h in history)
+    assert all(h["reconstruction"] == 0 for h in history)  # UDL has no reconstruction term
+    assert udl_model.config["architecture"] == ARCHITECTURE and udl_model.kind == "align/udl"
+    loaded = load_model(save_model(tmp_path / "m.pt", udl_model), kind="align")
+    x = log_amplitudes(held_out.images[:4], size=16)
+    with torch.no_grad():
+        np.testing.assert_array_equal(build_network(udl_model)(x[:1], x).numpy(),
+                                      build_network(loaded)(x[:1], x).numpy())
+
+
+def test_refine_none_is_the_networks_raw_prediction(udl_model, held_out):
+    ref = _reference()
+    result = run(iter_align_with_model(held_out.images, udl_model, ref, refine="none"))
+    raw = predict_relative_angles(build_network(udl_model), ref, held_out.images)
+    np.testing.assert_array_equal(result.angles, raw)
+    np.testing.assert_array_equal(result.info["network_angles"], raw)
+    assert np.all(result.origins == 0) and result.info["refine"] == "none"
+    assert np.all((result.angles >= 0) & (result.angles < 180))
+    assert np.isfinite(result.scores).all() and result.average.shape == (BOX, BOX)
+
+
+def test_refine_local_finds_the_flip_and_the_shift(udl_model, held_out):
+    """Known answers over the full circle: the network's angle mod 180 plus a search of ±10° near it and near
+    +180°. Baselines that fail: the network alone is right only mod 180 (about half the particles off by 180°),
+    and zero shifts are off by the simulated 0-3 px."""
+    result = run(iter_align_with_model(held_out.images, udl_model, _reference(), refine="local", window=10.0))
+    assert np.median(angular_error(result.angles, held_out.angles)) < 1.0
+    assert np.median(np.abs(result.origins - held_out.origins)) < 0.3
+    assert np.mean(angular_error(result.info["network_angles"], held_out.angles) > 90) > 0.25  # mod 180 only
+    assert np.median(np.abs(held_out.origins)) > 0.5
+
+
+def test_judl_reconstruction_term_has_gradient_in_step_one(sim):
+    """Step 1 (index 0): the reconstruction term has a positive weight and its gradient reaches the angle
+    network (through the rotation by the predicted angle) and the autoencoder."""
+    assert reconstruction_weight(PARAMS, 0) > 0
+    assert reconstruction_weight(PARAMS, 100) > reconstruction_weight(PARAMS, 0)  # grows with the step
     torch.manual_seed(0)
-    net = RelativeAngleNet(BOX, base=8, levels=2)
-    model = ModelFile(kind="align/udl", config={"box": BOX, "base_channels": 8, "levels": 2, "joint": False},
-                      state_dict={"net": net.state_dict()})
-    result = run(iter_align_with_model(held_out.images, model, sim.references[0]))
-    errors = angular_error(result.angles, held_out.angles)
-    assert np.median(errors) < 2.0, np.median(errors)
-    assert np.median(angular_error(np.zeros(16), held_out.angles)) > 45.0  # the baseline fails this test
-    assert np.median(np.abs(result.origins - held_out.origins)) < 0.5
+    net, ae = SiameseAngleRegressor(16), AmplitudeAutoencoder()
+    with torch.no_grad():  # a trained-looking head: the zero-initialised one would hide the feature path
+        net.head.weight.normal_(0, 0.01)
+    halves = torch.cat([log_amplitudes(h, size=16) for h in checkerboard_halves(torch.as_tensor(sim.images[:8]))], 1)
+    ref = log_amplitudes(_reference()[None], size=16).expand(8, 2, -1, -1)
+    rot = torch.rand((4, 8), generator=torch.Generator().manual_seed(0)) * 360
+    losses = training_losses(net, ae, net, ref, halves, rot, joint=True)
+    assert float(losses["reconstruction"].detach()) > 0
+    losses["reconstruction"].backward()
+    for module in (net.direct, net.head, net.mask[0], ae.encoder[0]):
+        assert float(module.weight.grad.abs().sum()) > 0, module
+
+
+def test_judl_trains_reference_free_with_the_reconstruction_term_from_the_first_step(sim):
+    params = DeepAlignParams(epochs=1, steps_per_epoch=3, batch_size=8, spectrum_size=16, seed=0)
+    events: list[ProgressEvent] = []
+    model = run(iter_train(sim.images, None, params, joint=True), events.append)
+    history = model.extra["history"]
+    assert model.kind == "align/judl" and len(events) == len(history) == 3
+    assert history[0]["reconstruction"] > 0 and history[0]["reconstruction_weight"] > 0
+    assert "autoencoder" in model.state_dict
+    assert np.asarray(model.extra["reference"]).shape == (BOX, BOX)  # the bootstrap it trained against
+    result = run(iter_align_with_model(sim.images[:8], model, refine="none"))  # uses the stored reference
+    assert result.angles.shape == (8,)
+
+
+def test_an_old_model_file_is_refused_with_a_message(tmp_path):
+    old = ModelFile(kind="align/udl", config={"box": BOX, "base_channels": 8, "levels": 2, "joint": False},
+                    state_dict={"net": {"features.0.conv.weight": torch.zeros(8, 1, 3, 3)}})
+    path = save_model(tmp_path / "old.pt", old)
+    loaded = load_model(path, kind="align")
+    with pytest.raises(CryodenInputError, match="old.pt.*older napari-cryoden"):
+        check_model(loaded, path=path)
+    with pytest.raises(CryodenInputError, match="older napari-cryoden"):
+        build_network(loaded)
+    with pytest.raises(CryodenInputError, match="older napari-cryoden"):
+        run(iter_align_with_model(np.zeros((2, BOX, BOX), np.float32), loaded, _reference()))
+
+
+def test_bad_input_is_refused_before_any_work(udl_model):
+    with pytest.raises(CryodenInputError, match="trained on 32² particles.*48²"):
+        run(iter_align_with_model(np.zeros((2, 48, 48), np.float32), udl_model, np.zeros((48, 48), np.float32)))
+    with pytest.raises(CryodenInputError, match="at least 2 particles"):
+        run(iter_train(np.zeros((1, BOX, BOX), np.float32), None, PARAMS))
+    with pytest.raises(ValueError, match="refine"):
+        run(iter_align_with_model(np.zeros((2, BOX, BOX), np.float32), udl_model, _reference(), refine="global"))

@@ -1,9 +1,12 @@
 """JUDL: joint unsupervised difference learning — every pair is (reference, particle).
 
-Same network and difference loss as :mod:`.udl`, but the first input of every pair is the one reference, so
-all predicted angles are relative to one frame; a small autoencoder must reconstruct each particle's
-amplitude turned back by its predicted angle (loss weight ``20 × epoch``, epochs counted from 0, so the
-first epoch is pure difference learning), which favours mutually consistent rotations. Inference is
+Same network, difference term and half-pair term as :mod:`.udl`, but the first input of every pair is the
+one reference (given, or a bootstrap average of the particles: JUDL trains reference-free), so all predicted
+angles are relative to one frame. A small autoencoder must reconstruct each particle's amplitude turned back
+by its predicted angle (into the reference's frame), which favours mutually consistent rotations; the
+gradient reaches the network through the angle of that (differentiable) rotation. The reconstruction term is
+on from the first step, weighted ``20 × (1 + step / steps_per_epoch)`` (the seed's ``20 × epoch`` with
+epochs counted from 1, by step: :func:`.udl.reconstruction_weight`). Inference is
 :func:`.udl.iter_align_with_model` (the trained reference is stored in the model file).
 """
 
