@@ -106,3 +106,61 @@ def test_bad_inputs_exit_2_naming_the_file(data, capsys, tmp_path):
     rc, _, err = run(capsys, "align", folder / "p.mrcs", "-o", folder / "p.mrcs")
     assert rc == 2 and "p.mrcs" in err
     assert not (tmp_path / "o.star").exists()
+
+
+def test_help_lists_the_refine_choices_with_the_default(capsys):
+    rc, out, _ = run(capsys, "align", "--help")
+    out = " ".join(out.split())  # argparse wraps lines
+    assert rc == 0 and "--refine {none,local,fft}" in out and "(default: local)" in out and "--refine-window" in out
+
+
+def test_udl_refine_none_writes_the_networks_raw_prediction(data, capsys, tmp_path):
+    from napari_cryoden.align.udl import build_network, predict_relative_angles
+    from napari_cryoden.models import load_model
+
+    folder, sim = data
+    out = tmp_path / "net.star"
+    rc, stdout, err = run(capsys, "align", folder / "p.mrcs", "-o", out, "--method", "udl", "--reference",
+                          folder / "ref.mrc", "--refine", "none", "--epochs", "1", "--time-budget", "1", "--save-model",
+                          tmp_path / "m.pt", "--device", "cpu")
+    assert rc == 0, err
+    assert "refining the network's angles: none" in stdout
+    parts = starfile.read(out, always_dict=True)["particles"]
+    model = load_model(tmp_path / "m.pt", kind="align/udl")
+    raw = predict_relative_angles(build_network(model), read_mrc(folder / "ref.mrc").data, sim.images)
+    np.testing.assert_allclose(parts["rlnAnglePsi"].to_numpy(), raw, atol=1e-4)
+    assert np.all(parts[["rlnOriginXAngst", "rlnOriginYAngst"]].to_numpy() == 0)
+
+
+def test_deep_alignment_bad_inputs_exit_2_naming_the_file_and_write_nothing(data, capsys, tmp_path):
+    import torch
+
+    from napari_cryoden.align.networks import ARCHITECTURE, SiameseAngleRegressor
+    from napari_cryoden.models import ModelFile, save_model
+
+    folder, sim = data
+    out = tmp_path / "o.star"
+    small = ModelFile(kind="align/udl", config={"architecture": ARCHITECTURE, "box": 32, "spectrum_size": 16,
+                                                 "base_channels": 8, "levels": 2, "joint": False},
+                      state_dict={"net": SiameseAngleRegressor(16).state_dict()})
+    save_model(tmp_path / "small.pt", small)
+    rc, _, err = run(capsys, "align", folder / "p.mrcs", "-o", out, "--method", "udl", "--model",
+                     tmp_path / "small.pt", "--reference", folder / "ref.mrc", "--aligned", tmp_path / "a.mrcs")
+    assert rc == 2 and "small.pt" in err and "32²" in err and "40²" in err, err
+    old = ModelFile(kind="align/udl", config={"box": BOX, "base_channels": 8, "levels": 2, "joint": False},
+                    state_dict={"net": {"mask.0.weight": torch.zeros(8, 1, 3, 3)}})
+    save_model(tmp_path / "old.pt", old)
+    rc, _, err = run(capsys, "align", folder / "p.mrcs", "-o", out, "--method", "udl", "--model", tmp_path / "old.pt")
+    assert rc == 2 and "old.pt" in err and "older napari-cryoden" in err and err.count("\n") == 1, err
+    write_mrc(tmp_path / "ref3A.mrc", read_mrc(folder / "ref.mrc").data, voxel_size=3.0)  # particles: 2 Å
+    rc, _, err = run(capsys, "align", folder / "p.mrcs", "-o", out, "--method", "udl", "--reference",
+                     tmp_path / "ref3A.mrc")
+    assert rc == 2 and "ref3A.mrc" in err and "pixel size" in err, err
+    write_mrc(tmp_path / "one.mrcs", sim.images[:1], voxel_size=2.0, is_stack=True)
+    for method in ("udl", "judl"):
+        rc, _, err = run(capsys, "align", tmp_path / "one.mrcs", "-o", out, "--method", method,
+                         "--aligned", tmp_path / "a.mrcs", "--save-model", tmp_path / "m1.pt")
+        assert rc == 2 and "one.mrcs" in err and "at least 2" in err, err
+    rc, _, err = run(capsys, "align", folder / "p.mrcs", "-o", out, "--refine", "none")
+    assert rc == 2 and "--method udl or judl" in err
+    assert not out.exists() and not (tmp_path / "a.mrcs").exists() and not (tmp_path / "m1.pt").exists()

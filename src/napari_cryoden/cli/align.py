@@ -40,6 +40,10 @@ def _read_reference(path: str, box: int, pixel_size: float) -> np.ndarray:
         data = project_map(vol, rot=0.0, tilt=0.0, psi=0.0)[0].astype(np.float32)
     if data.shape != (box, box):
         raise CryodenInputError(path, f"reference image is {data.shape[::-1]} pixels, the particles are {box}x{box}")
+    if data.ndim == 2 and m.voxel_size_from_header and abs(m.pixel_size - pixel_size) > 0.01 * pixel_size:
+        # A 2D image cannot be resampled without losing its band limit silently: say so instead.
+        raise CryodenInputError(path, f"reference pixel size is {m.pixel_size:.4g} Å, the particles' is "
+                                      f"{pixel_size:.4g} Å: give a reference of the same sampling (or a 3D map)")
     return data
 
 
@@ -93,7 +97,15 @@ def _align_one(args) -> int:
     source, table = particles.source, particles.table
     n, box, apix = len(source), source.box, source.pixel_size
     source.read(0, min(n, 1))  # fail early on unreadable images
+    if args.method == "fft" and args.refine not in (None, "fft"):
+        raise CryodenInputError(None, f"--refine {args.refine} refines a network's angles: use it with --method "
+                                      "udl or judl")
     reference = _read_reference(args.reference, box, apix) if args.reference else None
+    model = _deep_model(args, box) if args.method != "fft" else None
+    deep = _deep_params(args) if args.method != "fft" else None
+    if args.method != "fft" and _trains(args, model) and n < 2:
+        raise CryodenInputError(args.input, f"has {n} particle: training {args.method} needs at least 2 "
+                                            "(or give a trained --model)")
     device = resolve_device(args.device, need_fft=True)
     print(f"aligning {n} particles of {box}x{box} px ({apix:.4g} Å) with {args.method} on {describe_device(device)}")
     try:
@@ -117,7 +129,8 @@ def _align_one(args) -> int:
                                              aligned_out=aligned_out))
             result = run_with_bar(gen, disable=disable)
         else:
-            result = _run_deep(args, source, reference, params, device, ctf, aligned_out, inputs, disable)
+            result = _run_deep(args, model, deep, source, reference, params, device, ctf, aligned_out, inputs,
+                               disable)
     except BaseException as exc:
         if writer is not None:
             writer.__exit__(type(exc), exc, exc.__traceback__)
@@ -140,20 +153,44 @@ def _align_one(args) -> int:
     return 0
 
 
-def _run_deep(args, source, reference, params, device, ctf, aligned_out, inputs, disable):
-    from .. import distributed
-    from ..align.udl import DeepAlignParams, iter_align_with_model, iter_train
-    from ..models import load_model, save_model
+def _deep_model(args, box: int):
+    """The --model file checked against the method and the particles' box (errors name the file), or None."""
+    from ..align.udl import check_model
+    from ..models import load_model
+
+    if not args.model:
+        return None
+    kind = f"align/{args.method}"
+    model = load_model(args.model, kind="align")
+    if model.kind != kind:
+        raise CryodenInputError(args.model, f"is a {model.kind} model; --method {args.method} needs {kind}")
+    check_model(model, path=args.model, box=box, where=f"the particles of {args.input}")
+    return model
+
+
+def _deep_params(args):
+    from ..align.udl import DeepAlignParams
     from ..params import validate
+
+    try:
+        return validate(DeepAlignParams(epochs=args.epochs or 3, time_budget=args.time_budget, seed=args.seed,
+                                        refine=args.refine or _REFINE_FIELD.default,
+                                        refine_window=args.refine_window))
+    except ValueError as exc:
+        raise CryodenInputError(None, str(exc)) from exc
+
+
+def _trains(args, model) -> bool:
+    return model is None or args.epochs is not None or args.time_budget is not None
+
+
+def _run_deep(args, model, deep, source, reference, params, device, ctf, aligned_out, inputs, disable):
+    from .. import distributed
+    from ..align.udl import iter_align_with_model, iter_train
+    from ..models import save_model
     from ..progress import run_with_bar
 
-    kind = f"align/{args.method}"
-    model = load_model(args.model, kind=kind) if args.model else None
-    if model is not None and model.kind != kind:
-        raise CryodenInputError(args.model, f"is a {model.kind} model; --method {args.method} needs {kind}")
-    train = model is None or args.epochs is not None or args.time_budget is not None
-    if train:
-        deep = validate(DeepAlignParams(epochs=args.epochs or 3, time_budget=args.time_budget, seed=args.seed))
+    if _trains(args, model):
         ckpt = checkpointer(args, args.output, inputs)
         gen = iter_train(source, reference, deep, joint=args.method == "judl", device=device, model=model,
                          checkpoint=ckpt, resume=args.resume)
@@ -165,8 +202,22 @@ def _run_deep(args, source, reference, params, device, ctf, aligned_out, inputs,
         if args.save_model:
             save_model(args.save_model, model, inputs=inputs)
             print(f"wrote model: {args.save_model}")
-    return run_with_bar(iter_align_with_model(source, model, reference, params, device=device, ctf=ctf,
+    print(f"refining the network's angles: {deep.refine}"
+          + (f" (±{deep.refine_window:g}°)" if deep.refine == "local" else ""))
+    return run_with_bar(iter_align_with_model(source, model, reference, params, refine=deep.refine,
+                                              window=deep.refine_window, device=device, ctf=ctf,
                                               keep_aligned=False, aligned_out=aligned_out), disable=disable)
+
+
+def _field(name: str):
+    import dataclasses
+
+    from ..align.udl import DeepAlignParams
+
+    return next(f for f in dataclasses.fields(DeepAlignParams) if f.name == name)
+
+
+_REFINE_FIELD, _WINDOW_FIELD = _field("refine"), _field("refine_window")
 
 
 def register(commands: dict) -> None:
@@ -177,7 +228,8 @@ def register(commands: dict) -> None:
                     "and the average. Convention: docs/conventions.md.")
     add_particle_inputs(p, job="alignment", suffix="_aligned.star")
     p.add_argument("--method", choices=METHODS, default="fft",
-                   help="fft: classical Fourier cross-correlation (default); udl / judl: deep difference learning")
+                   help="fft: classical Fourier cross-correlation (default); udl / judl: deep difference learning "
+                        "(a network predicts the angle; --refine says what follows)")
     p.add_argument("--reference", help="2D reference image, or a 3D map (projected along z); none: reference-free")
     p.add_argument("--aligned", help="write the aligned stack (.mrcs)")
     p.add_argument("--average", help="write the average of the aligned particles (.mrc)")
@@ -185,6 +237,13 @@ def register(commands: dict) -> None:
                    help="largest shift searched along x and y, pixels (default: box / 4)")
     p.add_argument("--symmetry", type=positive_int, default=1, help="in-plane symmetry order n (angles modulo 360/n)")
     p.add_argument("--ctf", action="store_true", help="use the STAR file's defocus as a matched filter")
+    p.add_argument("--refine", choices=_REFINE_FIELD.metadata["choices"], default=None,
+                   help="udl/judl: what follows the network. none: its own angle (rlnAnglePsi mod 180, zero "
+                        "shifts); local: cross-correlation near its angle (180° flip, shift, fine angle); fft: the "
+                        f"global classical search (default: {_REFINE_FIELD.default})")
+    p.add_argument("--refine-window", type=float, default=_WINDOW_FIELD.default,
+                   help="udl/judl with --refine local: degrees searched either side of the network's angle "
+                        f"(default: {_WINDOW_FIELD.default:g})")
     p.add_argument("--model", help="trained udl/judl model to use (or to continue training with --epochs)")
     p.add_argument("--save-model", help="write the trained udl/judl model")
     p.add_argument("--epochs", type=positive_int, default=None, help="udl/judl training epochs (default 3)")

@@ -19,7 +19,7 @@ from qtpy.QtWidgets import QFileDialog
 from ...align import METHODS
 from ...align.cross_correlation import ClassicalParams, iter_align_reference_free, iter_align_to_reference
 from ...align.result import with_alignment
-from ...align.udl import DeepAlignParams, iter_align_with_model, iter_train
+from ...align.udl import DeepAlignParams, check_model, iter_align_with_model, iter_train
 from ...errors import CryodenInputError
 from ...io.star import write_star
 from ...models import ModelFile, load_model, save_model
@@ -70,7 +70,8 @@ class AlignWidget(Container):
         self.method = ComboBox(label="method", choices=list(METHODS), value=state.get("method", "fft")
                                if state.get("method") in METHODS else "fft",
                                tooltip="fft: classical Fourier cross-correlation; udl / judl: a network predicts "
-                                       "the angle, cross-correlation refines it (docs/align.md)")
+                                       "the angle, then 'refine' says what follows: none (the network's own "
+                                       "angle), local (cross-correlation near it), fft (docs/align.md)")
         self.form = params_form(ClassicalParams)
         self.deep_form = params_form(DeepAlignParams)
         restore_values(self.form, state.get("classical", {}))
@@ -99,6 +100,7 @@ class AlignWidget(Container):
         self.result = None
         self.source_layer = None
         self.model: ModelFile | None = None
+        self.model_path: str | None = None  # the file the model came from (named in error messages)
         self._method_changed()
 
     def _method_changed(self, *_):
@@ -125,10 +127,13 @@ class AlignWidget(Container):
         self._save_state()
         kind = f"align/{method}"
         model = self.model if self.model is not None and self.model.kind == kind else None
-        if model is not None and model.config.get("box") != data.shape[-1]:
-            notify_error(CryodenInputError(layer.name, f"the loaded model was trained on {model.config.get('box')}² "
-                                                       f"images, the particles are {data.shape[-1]}²"))
-            return
+        if model is not None:
+            try:
+                check_model(model, path=self.model_path, box=data.shape[-1],
+                            where=f"the particles of {layer.name}")
+            except CryodenInputError as exc:
+                notify_error(exc)
+                return
         train = method != "fft" and (model is None or self.retrain.value)
 
         def job():
@@ -141,7 +146,8 @@ class AlignWidget(Container):
                 return None, result
             if train:
                 model = yield from iter_train(data, ref, deep, joint=method == "judl", model=model)
-            result = yield from iter_align_with_model(data, model, ref, params, keep_aligned=True)
+            result = yield from iter_align_with_model(data, model, ref, params, refine=deep.refine,
+                                                      window=deep.refine_window, keep_aligned=True)
             return model, result
 
         meta = {"method": method, "params": as_dict(params), "reference": getattr(self.reference.value, "name", None)}
@@ -156,12 +162,13 @@ class AlignWidget(Container):
         if model is not None:
             self.model = model
             self.model_label.value = f"{model.kind.split('/')[-1]} model, {model.config.get('box')}²"
+            self.model_path = None  # trained here
             self._method_changed()
         self.result, self.source_layer = result, layer
         px = float(layer.scale[-1])
         features = pd.DataFrame({"psi": result.angles, "shift_x": result.origins[:, 0],
                                  "shift_y": result.origins[:, 1], "score": result.scores})
-        if "network_angles" in result.info:  # UDL/JUDL: the network's own estimate, before the refinement
+        if "network_angles" in result.info:  # UDL/JUDL: the network's own estimate (mod 180), before refine
             features["network_psi"] = result.info["network_angles"]
         meta = {**meta, "alignment": features}
         if result.aligned is not None:
@@ -201,12 +208,14 @@ class AlignWidget(Container):
     def load_model_from(self, path: str) -> None:
         try:
             model = load_model(path, kind="align")
+            check_model(model, path=path)  # a file of the older network: a message, not a crash at Align
         except CryodenInputError as exc:
             notify_error(exc)
             return
         self.model = model
         self.method.value = model.kind.split("/")[-1]
         self.model_label.value = f"{self.method.value} model, {model.config.get('box')}²"
+        self.model_path = str(path)
         self._method_changed()
 
     # ------------------------------------------------------------------------------------- export
