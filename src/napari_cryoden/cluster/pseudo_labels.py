@@ -94,3 +94,84 @@ def sample_pairs(labels: np.ndarray, n_pairs: int, rng: np.random.Generator) -> 
         i_diff = j_diff = np.zeros(0, np.int64)
     y = np.concatenate([np.zeros(n_same), np.ones(n_diff)]).astype(np.float32)
     return np.concatenate([i_same, i_diff]), np.concatenate([j_same, j_diff]), y
+
+
+def label_confidence(features: np.ndarray, labels: np.ndarray, k: int) -> np.ndarray:
+    """(n,) confidence of each pseudo-label in [-1, 1]: ``(d₂ − d₁) / (d₂ + d₁)``, where d₁ is the distance of
+    the particle's features to its own class centre and d₂ to the nearest other centre (centres = class means).
+
+    0 means halfway between two centres (the label is a coin toss); labels from KMeans on the same features are
+    ≥ 0. Classes without members have no centre.
+    """
+    f = np.asarray(features, dtype=np.float64).reshape(len(features), -1)
+    labels = np.asarray(labels, dtype=np.int64)
+    present = [c for c in range(k) if np.any(labels == c)]
+    centres = np.stack([f[labels == c].mean(0) for c in present])
+    d = np.sqrt(np.maximum(((f**2).sum(1)[:, None] - 2 * f @ centres.T + (centres**2).sum(1)[None]), 0.0))
+    slot = np.searchsorted(present, labels)
+    own = d[np.arange(len(f)), slot]
+    if len(present) < 2:
+        return np.ones(len(f))
+    d[np.arange(len(f)), slot] = np.inf
+    other = d.min(1)
+    return (other - own) / np.maximum(other + own, 1e-12)
+
+
+def confident_subset(confidence: np.ndarray, labels: np.ndarray, fraction: float) -> np.ndarray:
+    """Boolean mask of the ``fraction`` most confident particles of every class (at least one per class).
+
+    Per class rather than overall, so a class whose members all sit near a boundary still has pairs.
+    """
+    keep = np.zeros(len(labels), bool)
+    for c in np.unique(labels):
+        idx = np.flatnonzero(labels == c)
+        q = max(1, int(round(fraction * len(idx))))
+        keep[idx[np.argsort(-np.asarray(confidence)[idx], kind="stable")[:q]]] = True
+    return keep
+
+
+def sample_training_pairs(labels: np.ndarray, keep: np.ndarray, n_pairs: int, rng: np.random.Generator, *,
+                          instance_fraction: float) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """Pairs for the Siamese network: ``(i, j, y, same_particle)``.
+
+    Half the pairs are positives (y = 0): a fraction ``instance_fraction`` of them are one particle twice
+    (``i == j``, ``same_particle`` True; the trainer augments the second copy: its identity is certain whatever
+    the pseudo-labels say), the rest two particles of the same pseudo-class. The other half are negatives
+    (y = 1): two particles of different pseudo-classes. Pseudo-class pairs use only the particles in ``keep``
+    (the confident ones), classes drawn uniformly. With a single class there are no negatives.
+    """
+    labels = np.asarray(labels)
+    classes = [np.flatnonzero(keep & (labels == c)) for c in np.unique(labels[keep])]
+    n_pos = n_pairs // 2 if len(classes) > 1 else n_pairs
+    n_inst = int(round(instance_fraction * n_pos))
+    n_same, n_diff = n_pos - n_inst, n_pairs - n_pos
+    inst = rng.integers(0, len(labels), n_inst)
+
+    def pick(cls):
+        return np.array([classes[c][rng.integers(len(classes[c]))] for c in cls], dtype=np.int64)
+
+    a_cls = rng.integers(0, len(classes), n_same)
+    c1 = rng.integers(0, len(classes), n_diff)
+    c2 = (c1 + rng.integers(1, max(len(classes), 2), n_diff)) % len(classes)
+    i = np.concatenate([inst, pick(a_cls), pick(c1)]).astype(np.int64)
+    j = np.concatenate([inst, pick(a_cls), pick(c2)]).astype(np.int64)
+    y = np.concatenate([np.zeros(n_pos), np.ones(n_diff)]).astype(np.float32)
+    same = np.zeros(n_pairs, bool)
+    same[:n_inst] = True
+    return i, j, y, same
+
+
+def noise_level(images: np.ndarray, *, components: int = 20, radius: float = 0.4) -> float:
+    """Standard deviation of the noise per pixel of (n, m, m) images, measured as what the first ``components``
+    principal components leave inside a disc of ``radius × m`` (white noise spreads evenly over all directions;
+    signal concentrates in a few). An upper bound when the signal has more than ``components`` directions.
+    """
+    x = np.asarray(images, dtype=np.float64)
+    m = x.shape[-1]
+    disc = (soft_mask(m, radius * m) >= 0.999).numpy()
+    flat = x[:, disc]
+    flat = flat - flat.mean(0)
+    d = flat.shape[1]
+    q = min(components, len(flat) - 1, d - 1)
+    power = np.linalg.svd(flat, compute_uv=False) ** 2 / max(len(flat) - 1, 1)
+    return float(np.sqrt(power[q:].sum() / (d - q)))  # the trace is the total variance, whatever n is

@@ -1,17 +1,27 @@
-"""Siamese clustering: an encoder trained with a contrastive loss on pairs drawn from KMeans pseudo-labels.
+"""Siamese clustering: an encoder trained with a contrastive loss on pairs chosen by pseudo-label confidence.
 
 Rounds of **train → embed → KMeans → relabel** until two rounds agree (ARI above ``stop_ari``) or
-``rounds`` is reached. The encoder (:class:`Encoder`) is a small conv net with adaptive average pooling
-to a fixed grid and a projection head, so it works for any box size. Pairs are half same-label (y = 0),
-half different-label (y = 1); the loss is
+``rounds`` is reached. The loss is
 
-``L = 1/(2N) Σ [(1 − y) d² + y max(margin − d, 0)²]``, d = ‖f(a) − f(b)‖,
+``L = Σ wᵢ [(1 − yᵢ) dᵢ² + yᵢ max(margin − dᵢ, 0)²] / (2 Σ wᵢ)``, d = ‖f(a) − f(b)‖ (wᵢ = 1: the mean),
 
-Invariance to in-plane rotation and shift: the images the encoder sees have been pre-aligned by the
-classical reference-free alignment (:func:`~napari_cryoden.cluster.mra.iter_prealign`), and the pairs are
-augmented with random rotations (± ``augment_rotation``) and shifts (± ``augment_shift``) that cover the
-residual misalignment. ``docs/cluster.md`` shows why (learning full rotation invariance from scratch at
-SNR 0.1 with a CPU budget does not work; pre-alignment does).
+with y = 0 for a positive pair and 1 for a negative one. What makes the embedding add to its PCA + KMeans start:
+
+* **Pairs by confidence.** Each pseudo-label gets a confidence (:func:`~.pseudo_labels.label_confidence`: the
+  margin between the nearest and the second-nearest class centre, in the features the labels came from); only the
+  ``confident_fraction`` most confident members of each class enter pseudo-class pairs, so the coin tosses near a
+  boundary are not learnt as truth. The confidences are recomputed every round in the new embedding.
+* **Positives that are the same particle.** A fraction ``instance_fraction`` of the positives are one particle
+  and an augmented copy of it: any in-plane rotation (± ``instance_rotation``), a shift (± ``augment_shift``),
+  with probability ``augment_ctf`` a |CTF| modulation (the :mod:`~napari_cryoden.simulate.ctf` formula, first
+  zero at a random frequency), and a fresh noise draw at ``augment_noise`` × the noise level measured on the stack
+  (:func:`~.pseudo_labels.noise_level`). Their identity is certain whatever the labels say, and they make the
+  embedding invariant to what the pre-alignment gets wrong. Negatives are confidently different pseudo-classes.
+* **Encoder** ``polar`` (default): the image is resampled on a polar grid about the box centre and convolved with
+  circular padding along the angle, then pooled over all angles, so the embedding is invariant to in-plane
+  rotation by construction (a learnt invariance, ``cartesian``, did not come within a CPU budget;
+  ``docs/cluster.md``). Shifts are centred by the classical pre-alignment
+  (:func:`~napari_cryoden.cluster.mra.iter_prealign`); the residual is in the augmentation.
 """
 
 from __future__ import annotations
@@ -23,15 +33,27 @@ from dataclasses import dataclass
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from .. import distributed
 from ..align.transforms import transform_images
 from ..checkpoint import Checkpointer, restore_rng, rng_state
+from ..errors import CryodenInputError
 from ..models import ModelFile, to_cpu
 from ..params import as_dict, param, validate
 from ..progress import ProgressEvent, StageClock
-from .pseudo_labels import kmeans_labels, labels_agreement, sample_pairs
+from ..simulate.ctf import ctf_2d, electron_wavelength
+from .pseudo_labels import (
+    confident_subset,
+    kmeans_labels,
+    label_confidence,
+    labels_agreement,
+    noise_level,
+    pca_features,
+    sample_training_pairs,
+    soft_mask,
+)
 
 log = logging.getLogger(__name__)
 
@@ -43,18 +65,31 @@ class SiameseParams:
     """Settings of Siamese clustering (``siamese``)."""
 
     rounds: int = param(3, "train → embed → KMeans rounds at most", min=1, max=50)
-    epochs: float = param(2.0, "training per round, in passes of pairs over the particles", min=0.0)
-    min_steps: int = param(30, "training steps per round at least", min=0)
-    max_steps: int = param(100, "training steps per round at most", min=1)
+    epochs: float = param(4.0, "training per round, in passes of pairs over the particles", min=0.0)
+    min_steps: int = param(60, "training steps per round at least", min=0)
+    max_steps: int = param(200, "training steps per round at most", min=1)
     batch_size: int = param(64, "pairs per training step", min=2)
     learning_rate: float = param(1e-3, "Adam learning rate", min=0.0)
     margin: float = param(2.0, "contrastive margin: different-label pairs are pushed this far apart", min=0.0)
     embedding_dim: int = param(16, "size of the embedding", min=2, max=512)
     channels: int = param(8, "channels of the first conv level (x2, x4 below)", min=4, max=128)
-    pool_grid: int = param(4, "adaptive average pooling grid (1: fully global pooling)", min=1, max=8)
-    augment_rotation: float = param(8.0, "pairs are rotated by up to ± this many degrees (180: any angle)",
-                                    min=0.0, max=180.0)
-    augment_shift: float = param(1.0, "pairs are shifted by up to ± this many work-box pixels", min=0.0)
+    pool_grid: int = param(4, "adaptive average pooling grid of the cartesian encoder (1: fully global pooling)",
+                           min=1, max=8)
+    encoder: str = param("polar", "polar: rotation-invariant by construction; cartesian: plain conv net",
+                         choices=("polar", "cartesian"))
+    augment_rotation: float = param(8.0, "every image of a pair is rotated by up to ± this many degrees",
+                                    min=0.0, max=180.0, unit="°")
+    augment_shift: float = param(1.0, "every image of a pair is shifted by up to ± this many work-box pixels",
+                                 min=0.0, unit="px")
+    confident_fraction: float = param(0.5, "pseudo-class pairs use only this most confident fraction of each "
+                                      "class (margin between nearest and second-nearest centre)", min=0.01, max=1.0)
+    instance_fraction: float = param(0.5, "fraction of positive pairs that are one particle and an augmented copy",
+                                     min=0.0, max=1.0)
+    instance_rotation: float = param(180.0, "the copy is rotated by up to ± this many degrees (180: any angle)",
+                                     min=0.0, max=180.0, unit="°")
+    augment_ctf: float = param(0.5, "probability that the copy is modulated by a random |CTF|", min=0.0, max=1.0)
+    augment_noise: float = param(0.5, "the copy gets fresh noise of this many times the measured noise level",
+                                 min=0.0)
     stop_ari: float = param(0.98, "stop when the ARI between two rounds' labels exceeds this", min=0.0, max=1.0)
     pca_components: int = param(20, "principal components of the initial KMeans", min=1)
     refine_iterations: int = param(3, "MRA iterations seeded by the Siamese classes (0: Siamese alone)",
@@ -66,18 +101,18 @@ class SiameseParams:
     seed: int = param(0, "random seed")
 
 
+def _block(i: int, o: int, k, padding) -> nn.Sequential:
+    return nn.Sequential(nn.Conv2d(i, o, k, padding=padding), nn.GroupNorm(min(4, o), o), nn.ReLU())
+
+
 class Encoder(nn.Module):
     """(b, 1, m, m) images -> (b, embedding_dim): three conv levels, adaptive pooling, projection head."""
 
     def __init__(self, *, channels: int = 16, embedding_dim: int = 16, pool_grid: int = 4):
         super().__init__()
         c = channels
-
-        def block(i, o, k):
-            return nn.Sequential(nn.Conv2d(i, o, k, padding=k // 2), nn.GroupNorm(min(4, o), o), nn.ReLU())
-
-        self.features = nn.Sequential(block(1, c, 5), nn.MaxPool2d(2), block(c, 2 * c, 3), nn.MaxPool2d(2),
-                                      block(2 * c, 4 * c, 3), nn.AdaptiveAvgPool2d(pool_grid))
+        self.features = nn.Sequential(_block(1, c, 5, 2), nn.MaxPool2d(2), _block(c, 2 * c, 3, 1), nn.MaxPool2d(2),
+                                      _block(2 * c, 4 * c, 3, 1), nn.AdaptiveAvgPool2d(pool_grid))
         self.head = nn.Sequential(nn.Flatten(), nn.Linear(4 * c * pool_grid**2, 64), nn.ReLU(),
                                   nn.Linear(64, embedding_dim))
 
@@ -85,27 +120,130 @@ class Encoder(nn.Module):
         return self.head(self.features(x))
 
 
-def contrastive_loss(a: torch.Tensor, b: torch.Tensor, y: torch.Tensor, *, margin: float) -> torch.Tensor:
-    """``1/(2N) Σ [(1 − y) d² + y max(margin − d, 0)²]`` with ``d = ‖a − b‖``; y = 1 for different clusters."""
+class _CircularConv(nn.Module):
+    """Conv over (radius, angle) maps: zero padding along the radius, circular along the angle."""
+
+    def __init__(self, i: int, o: int, k: tuple[int, int]):
+        super().__init__()
+        self.pad = (k[1] // 2, k[1] // 2, k[0] // 2, k[0] // 2)
+        self.conv = nn.Conv2d(i, o, k)
+        self.norm = nn.GroupNorm(min(4, o), o)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = F.pad(x, (self.pad[0], self.pad[1], 0, 0), mode="circular")
+        x = F.pad(x, (0, 0, self.pad[2], self.pad[3]))
+        return F.relu(self.norm(self.conv(x)))
+
+
+class PolarEncoder(nn.Module):
+    """(b, 1, m, m) images -> (b, embedding_dim), invariant to in-plane rotation about the box centre ``m // 2``.
+
+    The image is sampled on ``radii`` rings (out to 0.45 m) × ``angles`` directions (bilinear); three conv levels
+    with circular padding along the angle (2× pooling along it after the first two) are equivariant to a rotation
+    by a multiple of 360° / angles, which only shifts the angle axis; pooling over all angles (max and mean) then
+    makes the features invariant. Radii and angles are fixed counts, so any box size works.
+    """
+
+    def __init__(self, *, channels: int = 8, embedding_dim: int = 16, radii: int = 16, angles: int = 64):
+        super().__init__()
+        c = channels
+        self.radii, self.angles = radii, angles
+        self.features = nn.Sequential(_CircularConv(1, c, (5, 7)), nn.MaxPool2d((1, 2)),
+                                      _CircularConv(c, 2 * c, (3, 5)), nn.MaxPool2d((1, 2)),
+                                      _CircularConv(2 * c, 4 * c, (3, 5)))
+        self.head = nn.Sequential(nn.Linear(2 * 4 * c * radii, 64), nn.ReLU(), nn.Linear(64, embedding_dim))
+        self._grid: torch.Tensor | None = None  # (1, radii, angles, 2) sampling grid, made for one box size
+        self._grid_box = 0
+
+    def polar(self, x: torch.Tensor) -> torch.Tensor:
+        """(b, 1, m, m) -> (b, 1, radii, angles) samples on rings about the box centre."""
+        m = x.shape[-1]
+        if self._grid is None or self._grid_box != m or self._grid.device != x.device:
+            r = (torch.arange(self.radii, dtype=torch.float32) + 0.5) * (0.45 * m / self.radii)
+            t = torch.arange(self.angles, dtype=torch.float32) * (2 * torch.pi / self.angles)
+            px = m // 2 + r[:, None] * torch.cos(t)[None]
+            py = m // 2 + r[:, None] * torch.sin(t)[None]
+            grid = torch.stack([px / (m - 1) * 2 - 1, py / (m - 1) * 2 - 1], dim=-1)
+            self._grid, self._grid_box = grid[None].to(x.device), m
+        grid = self._grid.expand(x.shape[0], -1, -1, -1)
+        return F.grid_sample(x, grid.to(x.dtype), mode="bilinear", padding_mode="zeros", align_corners=True)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        f = self.features(self.polar(x))  # (b, 4c, radii, angles / 4)
+        pooled = torch.cat([f.amax(-1), f.mean(-1)], dim=1)
+        return self.head(pooled.flatten(1))
+
+
+def contrastive_loss(a: torch.Tensor, b: torch.Tensor, y: torch.Tensor, *, margin: float,
+                     weights: torch.Tensor | None = None) -> torch.Tensor:
+    """``Σ w [(1 − y) d² + y max(margin − d, 0)²] / (2 Σ w)`` with ``d = ‖a − b‖``; y = 1 for a negative pair.
+
+    Without ``weights`` this is ``1/(2N) Σ [...]``, the source project's loss.
+    """
     d = torch.sqrt(((a - b) ** 2).sum(-1) + 1e-12)
-    return 0.5 * ((1 - y) * d**2 + y * torch.clamp(margin - d, min=0) ** 2).mean()
+    per_pair = (1 - y) * d**2 + y * torch.clamp(margin - d, min=0) ** 2
+    if weights is None:
+        return 0.5 * per_pair.mean()
+    return 0.5 * (weights * per_pair).sum() / weights.sum().clamp_min(1e-12)
 
 
-def _augment(x: torch.Tensor, params: SiameseParams, gen: torch.Generator) -> torch.Tensor:
-    n = x.shape[0]
-    if params.augment_rotation <= 0 and params.augment_shift <= 0:
+def ctf_bank(box: int, count: int, rng: np.random.Generator, *, first_zero=(0.15, 0.5)) -> torch.Tensor:
+    """(count, box, box // 2 + 1) |CTF| on the rfft grid of the work images (what phase-flipped data carry).
+
+    Dimensionless: 300 kV, Cs 0, amplitude contrast 0.1, one pixel = 1 Å, and a defocus that puts the first zero
+    at a random frequency in ``first_zero`` (cycles per work pixel), so the modulation is the same whatever the
+    stack's pixel size.
+    """
+    lam = electron_wavelength(300.0)
+    k1 = rng.uniform(*first_zero, count)
+    defocus = 1.0 / (lam * k1**2)  # the first zero of sin(pi lam dz k^2) at k1
+    ctf = ctf_2d((box, box), pixel_size=1.0, defocus_u=defocus, cs=0.0, amplitude_contrast=0.1)
+    return torch.as_tensor(np.abs(ctf), dtype=torch.float32)
+
+
+class _Augmenter:
+    """Random rotation + shift of every image of a pair; the copy of an instance pair also gets any rotation,
+    a |CTF| modulation and fresh noise."""
+
+    def __init__(self, params: SiameseParams, box: int, sigma: float, gen: torch.Generator,
+                 rng: np.random.Generator, device):
+        self.p, self.gen, self.m, self.sigma = params, gen, box, sigma
+        self.mask = soft_mask(box, 0.45 * box).to(device)
+        self.ctf = ctf_bank(box, 64, rng).to(device) if params.augment_ctf > 0 else None
+
+    def __call__(self, x: torch.Tensor, copy: np.ndarray) -> torch.Tensor:
+        p, n, gen = self.p, x.shape[0], self.gen
+        copy_t = torch.as_tensor(copy)
+        limit = torch.where(copy_t, torch.tensor(max(p.instance_rotation, p.augment_rotation)),
+                            torch.tensor(p.augment_rotation))
+        angles = (torch.rand(n, generator=gen) * 2 - 1) * limit
+        shifts = (torch.rand(n, 2, generator=gen) * 2 - 1) * p.augment_shift
+        if p.augment_rotation > 0 or p.augment_shift > 0 or copy.any():
+            x = transform_images(x, angles=angles.to(x.device), shifts=shifts.to(x.device), mode="bilinear")
+        if not copy.any():
+            return x
+        if self.ctf is not None:
+            use = copy_t & (torch.rand(n, generator=gen) < p.augment_ctf)
+            if use.any():
+                pick = torch.randint(len(self.ctf), (int(use.sum()),), generator=gen).to(x.device)
+                spectrum = torch.fft.rfft2(x[use.to(x.device)])
+                x = x.clone()
+                x[use.to(x.device)] = torch.fft.irfft2(spectrum * self.ctf[pick], s=(self.m, self.m))
+        if p.augment_noise > 0 and self.sigma > 0:
+            noise = torch.randn(x.shape, generator=gen).to(x.device) * (p.augment_noise * self.sigma) * self.mask
+            x = x + noise * copy_t.to(x.device)[:, None, None]
         return x
-    angles = (torch.rand(n, generator=gen) * 2 - 1) * params.augment_rotation
-    shifts = (torch.rand(n, 2, generator=gen) * 2 - 1) * params.augment_shift
-    return transform_images(x, angles=angles.to(x.device), shifts=shifts.to(x.device), mode="bilinear")
 
 
-def build_encoder(config: dict) -> Encoder:
+def build_encoder(config: dict) -> nn.Module:
+    """The encoder a model file's ``config`` describes (files written before ``encoder`` existed: cartesian)."""
+    if config.get("encoder", "cartesian") == "polar":
+        return PolarEncoder(channels=config["channels"], embedding_dim=config["embedding_dim"])
     return Encoder(channels=config["channels"], embedding_dim=config["embedding_dim"], pool_grid=config["pool_grid"])
 
 
 @torch.no_grad()
-def embed(net: Encoder, images: np.ndarray, *, device="cpu", batch: int = 1024) -> np.ndarray:
+def embed(net: nn.Module, images: np.ndarray, *, device="cpu", batch: int = 1024) -> np.ndarray:
     """(n, m, m) work images -> (n, embedding_dim) float32 embeddings (eval mode)."""
     net.eval()
     out = []
@@ -125,32 +263,53 @@ class SiameseResult:
     history: list
 
 
+def check_classes(n: int, k: int, *, name=None) -> None:
+    """CryodenInputError unless a stack of ``n`` particles can be split into ``k`` classes (2 <= k <= n)."""
+    if n < 2:
+        raise CryodenInputError(name, f"has {n} particle(s); clustering needs at least 2")
+    if not 2 <= k <= n:
+        raise CryodenInputError(name, f"has {n} particles; the number of classes must be between 2 and {n}, "
+                                      f"got {k}")
+
+
 def iter_train_siamese(images: np.ndarray, k: int, labels: np.ndarray, params: SiameseParams | None = None, *,
                        device="cpu", model: ModelFile | None = None, train: bool = True,
                        checkpoint: Checkpointer | None = None, resume: bool = False,
+                       confidence: np.ndarray | None = None,
                        ) -> Generator[ProgressEvent, None, SiameseResult]:
     """Rounds of train → embed → KMeans on (n, m, m) work images, starting from pseudo-``labels``.
 
+    ``confidence`` (n,) ranks the starting labels (higher: surer; e.g. the KMeans margin); when None it is the
+    :func:`~.pseudo_labels.label_confidence` of the labels in the images' first principal components.
     ``model`` continues from a saved encoder; ``train=False`` only embeds with it and runs KMeans once.
     ``checkpoint`` saves the state after a round when ``checkpoint.every`` seconds have passed; with ``resume``
     the training continues from the last saved round.
     Yields "train" events (loss per step) and returns a :class:`SiameseResult`.
+    Raises CryodenInputError for fewer than 2 particles or k outside 2..n.
     """
     params = validate(params or SiameseParams())
+    images = np.asarray(images, dtype=np.float32)
+    if images.ndim != 3 or images.shape[-1] != images.shape[-2]:
+        raise CryodenInputError(None, f"particles must be a stack of square images (n, m, m), got {images.shape}")
+    n, m = images.shape[0], images.shape[-1]
+    check_classes(n, int(k))
+    labels = np.asarray(labels, dtype=np.int64)
+    if labels.shape != (n,):
+        raise CryodenInputError(None, f"{n} particles but {labels.shape[0] if labels.ndim else 0} pseudo-labels")
     ctx = distributed.context()  # under torchrun: DDP and one pair stream per process
     device = distributed.training_device(torch.device(device), ctx)
     torch.manual_seed(params.seed)
     rng = np.random.default_rng(distributed.rank_seed(params.seed, ctx))
     gen = torch.Generator().manual_seed(distributed.rank_seed(params.seed, ctx))
-    n, m = images.shape[0], images.shape[-1]
     config = {"channels": params.channels, "embedding_dim": params.embedding_dim, "pool_grid": params.pool_grid,
-              "work_box": m}
+              "encoder": params.encoder, "work_box": m}
     if model is not None:
-        config = {**config, **{key: model.config[key] for key in ("channels", "embedding_dim", "pool_grid")}}
+        config = {**config, "encoder": model.config.get("encoder", "cartesian"),
+                  **{key: model.config[key] for key in ("channels", "embedding_dim", "pool_grid")}}
     net = build_encoder(config).to(device)
     if model is not None:
         net.load_state_dict(model.state_dict["encoder"])
-    data = torch.as_tensor(np.asarray(images, dtype=np.float32), device=device)
+    data = torch.as_tensor(images, device=device)
     steps = int(np.clip(round(params.epochs * n / params.batch_size), params.min_steps, params.max_steps))
     rounds = params.rounds if train else 1
     total = rounds * steps if train else 1
@@ -163,6 +322,11 @@ def iter_train_siamese(images: np.ndarray, k: int, labels: np.ndarray, params: S
     embeddings = None
     out_of_time = False
     first_round = 0
+    if train:
+        if confidence is None:
+            confidence = label_confidence(pca_features(images, params.pca_components, seed=params.seed), labels, k)
+        confidence = np.asarray(confidence, dtype=np.float64)
+        augment = _Augmenter(params, m, noise_level(images), gen, rng, device)
     if checkpoint is not None and train:
         checkpoint.bind(kind=KIND, n=n, box=m, k=int(k), params=as_dict(params), world_size=ctx.world_size,
                         start_labels=hashlib.sha256(np.asarray(labels, np.int64).tobytes()).hexdigest())
@@ -172,6 +336,8 @@ def iter_train_siamese(images: np.ndarray, k: int, labels: np.ndarray, params: S
             optimiser.load_state_dict(saved["optimizer"])
             first_round, step, history = int(saved["round"]), int(saved["step"]), list(saved["history"])
             labels = np.asarray(saved["labels"].numpy(), dtype=labels.dtype)
+            if "confidence" in saved:
+                confidence = saved["confidence"].numpy().astype(np.float64)
             clock.start -= float(saved["elapsed"])
             restore_rng(saved["rng"], numpy_rng=rng, generator=gen)
             yield clock.event(step, resumed_from=step, round=first_round)
@@ -179,9 +345,13 @@ def iter_train_siamese(images: np.ndarray, k: int, labels: np.ndarray, params: S
         losses = []
         if train and not out_of_time:
             net.train()
+            keep = confident_subset(confidence, labels, params.confident_fraction)
             for _ in range(steps):
-                i, j, y = sample_pairs(labels, params.batch_size, rng)
-                both = net(_augment(data[np.concatenate([i, j])], params, gen)[:, None])  # one forward a step
+                i, j, y, same = sample_training_pairs(labels, keep, params.batch_size, rng,
+                                                      instance_fraction=params.instance_fraction)
+                first = augment(data[i], np.zeros(len(i), bool))
+                second = augment(data[j], same)
+                both = net(torch.cat([first, second])[:, None])  # one forward a step
                 a, b = both[: len(i)], both[len(i):]
                 loss = contrastive_loss(a, b, torch.as_tensor(y, device=device), margin=params.margin)
                 optimiser.zero_grad()
@@ -202,12 +372,15 @@ def iter_train_siamese(images: np.ndarray, k: int, labels: np.ndarray, params: S
         log.info("siamese round %d: loss %s, ARI to previous labels %.3f", r + 1,
                  history[-1]["last_loss"], agreement)
         labels = new
+        if train:  # the next round's pairs come from the confidence of the new labels in the new embedding
+            confidence = label_confidence(embeddings, labels, k)
         if agreement > params.stop_ari or out_of_time:
             break
         if checkpoint is not None and train and ctx.is_main and checkpoint.due():
             checkpoint.save({"encoder": to_cpu(model_net.state_dict()), "optimizer": to_cpu(optimiser.state_dict()),
                              "round": r + 1, "step": step, "history": list(history),
-                             "labels": torch.as_tensor(np.asarray(labels, np.int64)), "elapsed": clock.elapsed,
+                             "labels": torch.as_tensor(np.asarray(labels, np.int64)),
+                             "confidence": torch.as_tensor(confidence), "elapsed": clock.elapsed,
                              "rng": rng_state(numpy_rng=rng, generator=gen)})
     if train:
         yield clock.event(total, total=total)
