@@ -16,6 +16,7 @@ from .averages import ClassAverages, iter_class_averages
 from .mra import MRAParams, RotationalSearch, align_within_classes, compose, iter_mra, iter_prealign
 from .pseudo_labels import kmeans_labels, order_by_size, pca_features, work_images
 from .siamese import SiameseParams, iter_train_siamese
+from .structure import structure_test, warn_if_unstructured
 
 log = logging.getLogger(__name__)
 
@@ -34,6 +35,9 @@ class PCAKMeansParams:
     refine_iterations: int = param(0, "MRA iterations seeded by the KMeans classes (0: none)", min=0, max=100, basic=True)
     seed: int = param(0, "random seed")
 
+
+#: Principal components in which the structure test (:mod:`.structure`) looks for classes.
+STRUCTURE_COMPONENTS = 20
 
 #: Clustering methods by name, and the parameter class of each (the CLI and the widget are built from it).
 METHODS = ("siamese", "mra", "pca-kmeans")
@@ -129,8 +133,11 @@ def iter_cluster(images, k: int, *, method: str = "siamese", params=None, device
     t0 = time.perf_counter()
     x = _read_all(images)
     n, box = x.shape[0], x.shape[-1]
-    if not 2 <= k <= n:
-        raise ValueError(f"the number of classes must be between 2 and the number of particles ({n}), got {k}")
+    if not 2 <= k <= n:  # CryodenInputError is a ValueError: the message, not the type, is what changed
+        from ..errors import CryodenInputError
+
+        raise CryodenInputError(None, f"the number of classes must be between 2 and the number of particles "
+                                      f"({n}), got {k}" + ("; clustering needs at least 2 particles" if n < 2 else ""))
     work_box = model.config["work_box"] if model is not None else params.work_box
     work = work_images(x, work_box=work_box, mask_fraction=None)
     m = work.shape[-1]
@@ -140,6 +147,10 @@ def iter_cluster(images, k: int, *, method: str = "siamese", params=None, device
     timings = {"prealign": time.perf_counter() - t0}
     searcher = RotationalSearch(m, device=device)
     info: dict = {"method": method, "classes": int(k), "particles": int(n), "box": int(box), "work_box": int(m)}
+    if n > k + 2:  # is there class structure at all? (a warning, not an error: the user decides)
+        structure = structure_test(pca_features(masked, STRUCTURE_COMPONENTS, seed=params.seed), k, seed=params.seed)
+        info["structure"] = structure.as_dict()
+        warn_if_unstructured(structure)
     trained = None
     if method == "pca-kmeans":
         features = pca_features(masked, params.pca_components, seed=params.seed)
