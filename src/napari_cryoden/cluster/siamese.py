@@ -64,10 +64,10 @@ KIND = "cluster/siamese"
 class SiameseParams:
     """Settings of Siamese clustering (``siamese``)."""
 
-    rounds: int = param(3, "train → embed → KMeans rounds at most", min=1, max=50)
-    epochs: float = param(4.0, "training per round, in passes of pairs over the particles", min=0.0)
-    min_steps: int = param(60, "training steps per round at least", min=0)
-    max_steps: int = param(200, "training steps per round at most", min=1)
+    rounds: int = param(4, "train → embed → KMeans rounds at most", min=1, max=50)
+    epochs: float = param(12.0, "training per round, in passes of pairs over the particles", min=0.0)
+    min_steps: int = param(30, "training steps per round at least", min=0)
+    max_steps: int = param(300, "training steps per round at most", min=1)
     batch_size: int = param(64, "pairs per training step", min=2)
     learning_rate: float = param(1e-3, "Adam learning rate", min=0.0)
     margin: float = param(2.0, "contrastive margin: different-label pairs are pushed this far apart", min=0.0)
