@@ -7,7 +7,8 @@ the trained network; the shared training loop and tiled prediction are :class:`.
   the same patch; the loss is the mean squared error over the *dropped* voxels only.
 * ``fourier-n2n`` — input and target are two independent Fourier-sampled versions of the same patch
   (blocky Bernoulli masks in Fourier space with an always-kept low-frequency ball and random sign flips);
-  Noise2Noise loss (MSE over all voxels).
+  Noise2Noise loss (MSE over all voxels). The ball holds a fixed share of the *measured noise power* and the
+  spectra are whitened by the measured noise spectrum (undone on output), so correlated noise is not copied.
 * ``n2n-halves`` — input and target are the two half volumes (even/odd frames) at the same position.
 
 ``docs/methods.md`` gives the formulas and the reasons for each choice.
