@@ -59,11 +59,11 @@ def _field_type(cls, f: dataclasses.Field):
     return tp, False
 
 
-def _option_kwargs(cls, f: dataclasses.Field) -> dict[str, Any]:
+def _option_kwargs(cls, f: dataclasses.Field, prefix: str = "param_") -> dict[str, Any]:
     """argparse keywords of the ``--option`` of field ``f`` of ``cls`` (unset: None, so defaults stay the class's)."""
     meta = f.metadata
     tp, _ = _field_type(cls, f)
-    kwargs: dict[str, Any] = {"dest": f"param_{f.name}", "default": None}
+    kwargs: dict[str, Any] = {"dest": f"{prefix}{f.name}", "default": None}
     if tp is bool:
         kwargs["action"] = argparse.BooleanOptionalAction
     else:
@@ -83,12 +83,16 @@ def _shown_default(f: dataclasses.Field) -> str:
     return f"{f.default} {unit(f)}" if unit(f) and f.default is not None else str(f.default)
 
 
-def add_params_to_parser(parser: argparse.ArgumentParser | argparse._ArgumentGroup, cls) -> None:
-    """Add one ``--option`` per field of the parameter dataclass ``cls`` (default: the field's default)."""
+def add_params_to_parser(parser: argparse.ArgumentParser | argparse._ArgumentGroup, cls, *,
+                         skip: Sequence[str] = (), prefix: str = "param_") -> None:
+    """Add one ``--option`` per field of the parameter dataclass ``cls`` (default: the field's default), but
+    those in ``skip``; each value lands in ``args.<prefix><field>`` (read back with :func:`given_params`)."""
     for f in dataclasses.fields(cls):
+        if f.name in skip:
+            continue
         help_text = f.metadata.get("help", "")
         parser.add_argument(_flag(f), help=f"{help_text} (default: {_shown_default(f)})" if help_text else None,
-                            **_option_kwargs(cls, f))
+                            **_option_kwargs(cls, f, prefix))
 
 
 def add_method_params(parser: argparse.ArgumentParser, methods: dict[str, type], *, skip: Sequence[str] = (),
@@ -118,10 +122,11 @@ def add_method_params(parser: argparse.ArgumentParser, methods: dict[str, type],
     return group
 
 
-def given_params(cls, args: argparse.Namespace) -> dict[str, Any]:
-    """{field: value} of the options of ``cls``'s fields that were given (see :func:`add_method_params`)."""
-    return {f.name: getattr(args, f"param_{f.name}") for f in dataclasses.fields(cls)
-            if getattr(args, f"param_{f.name}", None) is not None}
+def given_params(cls, args: argparse.Namespace, *, prefix: str = "param_") -> dict[str, Any]:
+    """{field: value} of the options of ``cls``'s fields that were given (see :func:`add_method_params` and
+    :func:`add_params_to_parser`)."""
+    return {f.name: getattr(args, f"{prefix}{f.name}") for f in dataclasses.fields(cls)
+            if getattr(args, f"{prefix}{f.name}", None) is not None}
 
 
 def params_from_args(cls, args: argparse.Namespace, **overrides):

@@ -7,6 +7,7 @@ from .cross_correlation import (
     iter_align_reference_free,
     iter_align_to_reference,
 )
+from .methods import DEFAULT_METHOD, AlignMethod, methods, register
 from .result import SCORE_COLUMN, AlignmentResult, with_alignment
 from .transforms import (
     align_images,
@@ -17,11 +18,13 @@ from .transforms import (
 )
 
 #: Alignment methods by name (the CLI's --method choices).
-METHODS = ("fft", "udl", "judl")
+METHODS = tuple(methods())
 
 __all__ = [
+    "DEFAULT_METHOD",
     "METHODS",
     "SCORE_COLUMN",
+    "AlignMethod",
     "AlignmentResult",
     "ClassicalParams",
     "align_images",
@@ -30,6 +33,8 @@ __all__ = [
     "fourier_shift",
     "iter_align_reference_free",
     "iter_align_to_reference",
+    "methods",
+    "register",
     "relion_euler_matrix",
     "rotate_images",
     "transform_images",

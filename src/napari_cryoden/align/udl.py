@@ -69,12 +69,12 @@ class DeepAlignParams:
 
     epochs: int = param(3, "passes of steps_per_epoch training steps", min=1)
     steps_per_epoch: int = param(50, "training steps per epoch", min=1)
-    time_budget: float | None = param(None, "stop training after this many seconds", min=0.0)
-    batch_size: int = param(32, "pairs per training step", min=2)
+    time_budget: float | None = param(None, "stop training after this many seconds", min=0.0, unit="s", basic=True)
+    batch_size: int = param(32, "pairs per training step", min=2, cli="--train-batch-size")
     learning_rate: float = param(3e-3, "Adam learning rate (the paper: 3e-4 for its 74 M-parameter network; this "
                                        "small one learns at 3e-3)", min=0.0)
     spectrum_size: int = param(32, "side of the centred amplitude spectrum the network sees (pixels; the low "
-                                   "frequencies carry the orientation at low SNR); at most the box", min=8, max=256)
+                                   "frequencies carry the orientation at low SNR); at most the box", min=8, max=256, unit="px")
     base_channels: int = param(8, "channels of the first feature level", min=4)
     levels: int = param(2, "residual stages (each halves the resolution)", min=1, max=4)
     half_pair_weight: float = param(1.0, "weight of the half-pair term (a particle's two pixel halves, whose "
@@ -84,9 +84,9 @@ class DeepAlignParams:
                                                "steps_per_epoch): on from the first step", min=0.0)
     refine: str = param("local", "after the network: none (its own angle, no shift), local (cross-correlation "
                                  "near its angle: 180° flip, shift, fine angle), fft (global classical search)",
-                        choices=REFINE_CHOICES)
+                        choices=REFINE_CHOICES, basic=True)
     refine_window: float = param(10.0, "local refinement: search this many degrees either side of the network's "
-                                       "angle", min=0.0, max=90.0)
+                                       "angle", min=0.0, max=90.0, unit="°")
     seed: int = param(0, "random seed")
 
 

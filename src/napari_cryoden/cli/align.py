@@ -6,7 +6,6 @@ from pathlib import Path
 
 import numpy as np
 
-from ..align import METHODS
 from ..align.result import SCORE_COLUMN, with_alignment
 from ..errors import CryodenInputError
 from ..io.star import rebase_image_names
@@ -16,8 +15,6 @@ from ._common import (
     announce_resume,
     check_outputs,
     checkpointer,
-    positive_float,
-    positive_int,
     single_or_batch,
 )
 
@@ -79,58 +76,55 @@ def cmd_align(args) -> int:
 
 def _align_one(args) -> int:
     from .. import distributed
-    from ..align.cross_correlation import ClassicalParams, iter_align_reference_free, iter_align_to_reference
+    from ..align.methods import methods
     from ..align.sources import open_particles
     from ..device import describe_device, resolve_device
     from ..io.mrc import MrcWriter, write_mrc
     from ..io.star import write_star
-    from ..params import validate
     from ..progress import run_with_bar
 
+    chosen = methods()[args.method]
+    params, deep = _params(args, chosen)  # settings errors before any file is read
     inputs = check_outputs((args.output, args.aligned, args.average, args.save_model),
                            inputs=(args.input, args.reference, args.model), overwrite=args.overwrite)
     if not str(args.output).lower().endswith(".star"):
         raise CryodenInputError(args.output, "the output must be a .star file")
+    if not chosen.trains and (args.model or args.save_model):
+        raise CryodenInputError(args.model or args.save_model, f"--model/--save-model apply to methods that train "
+                                                               f"a network, not {args.method}")
     if not Path(args.input).exists():
         raise CryodenInputError(args.input, "file not found")
     particles = open_particles(args.input)
     source, table = particles.source, particles.table
     n, box, apix = len(source), source.box, source.pixel_size
     source.read(0, min(n, 1))  # fail early on unreadable images
-    if args.method == "fft" and args.refine not in (None, "fft"):
-        raise CryodenInputError(None, f"--refine {args.refine} refines a network's angles: use it with --method "
-                                      "udl or judl")
     reference = _read_reference(args.reference, box, apix) if args.reference else None
-    model = _deep_model(args, box) if args.method != "fft" else None
-    deep = _deep_params(args) if args.method != "fft" else None
-    if args.method != "fft" and _trains(args, model) and n < 2:
+    model = _deep_model(args, chosen, box) if chosen.trains else None
+    train = chosen.trains and _trains(args, model)
+    if train and n < 2:
         raise CryodenInputError(args.input, f"has {n} particle: training {args.method} needs at least 2 "
                                             "(or give a trained --model)")
     device = resolve_device(args.device, need_fft=True)
-    print(f"aligning {n} particles of {box}x{box} px ({apix:.4g} Å) with {args.method} on {describe_device(device)}")
-    try:
-        params = validate(ClassicalParams(max_shift=args.max_shift if args.max_shift is not None else box / 4,
-                                          symmetry=args.symmetry, batch_size=args.batch_size, seed=args.seed))
-    except ValueError as exc:
-        raise CryodenInputError(None, str(exc)) from exc
+    print(f"aligning {n} particles of {box}x{box} px ({apix:.4g} Å) with {args.method} on {describe_device(device)}"
+          f" (max shift {params.max_shift:g} px)")
     ctf = _ctf_reader(table, box, apix) if args.ctf else None
     disable = bool(getattr(args, "quiet", False))
     ctx = distributed.context()
-    if not ctx.is_main and (not ctx.active or args.method == "fft"):
+    if not ctx.is_main and (not ctx.active or not train):
         return 0  # under torchrun rank 0 aligns one input alone; the others only help train a network
+    if train:
+        model = _train(args, chosen, deep, source, reference, device, model, inputs, disable)
+        if model is None:
+            return 0  # a helper process of a distributed training
+    if chosen.trains:
+        print(f"refining the network's angles: {deep.refine}"
+              + (f" (±{deep.refine_window:g}°)" if deep.refine == "local" else ""))
     writer = MrcWriter(args.aligned, (n, box, box), voxel_size=apix, is_stack=True, inputs=inputs) \
-        if args.aligned and ctx.is_main else None
+        if args.aligned else None
     aligned_out = writer.__enter__() if writer is not None else None
     try:
-        if args.method == "fft":
-            gen = (iter_align_to_reference(source, reference, params, device=device, ctf=ctf, keep_aligned=False,
-                                           aligned_out=aligned_out) if reference is not None else
-                   iter_align_reference_free(source, params, device=device, ctf=ctf, keep_aligned=False,
-                                             aligned_out=aligned_out))
-            result = run_with_bar(gen, disable=disable)
-        else:
-            result = _run_deep(args, model, deep, source, reference, params, device, ctf, aligned_out, inputs,
-                               disable)
+        result = run_with_bar(chosen.align(source, reference, params, deep, model=model, device=device, ctf=ctf,
+                                           keep_aligned=False, aligned_out=aligned_out), disable=disable)
     except BaseException as exc:
         if writer is not None:
             writer.__exit__(type(exc), exc, exc.__traceback__)
@@ -138,8 +132,6 @@ def _align_one(args) -> int:
     if writer is not None:
         writer.__exit__(None, None, None)
         print(f"wrote aligned stack: {args.aligned}")
-    if result is None:  # a helper process of a distributed training
-        return 0
 
     out = Path(args.output)
     rows = with_alignment(table.particles, result, pixel_size=apix)
@@ -153,103 +145,88 @@ def _align_one(args) -> int:
     return 0
 
 
-def _deep_model(args, box: int):
+def _params(args, chosen):
+    """(ClassicalParams, the network's params or None) from the defaults and the options given; options of a
+    network given with a method that has none are refused, not ignored."""
+    from ..align.cross_correlation import ClassicalParams
+    from ..align.methods import methods
+    from ..align.udl import DeepAlignParams
+    from ..params import given_params, validate
+
+    net = given_params(DeepAlignParams, args, prefix="net_")
+    if chosen.params is None and net:
+        name = next(iter(net))
+        trainers = " or ".join(n for n, m in methods().items() if m.params is not None)
+        raise CryodenInputError(None, f"--{name.replace('_', '-')} applies to a method that trains a network: use "
+                                      f"it with --method {trainers}, not {args.method}")
+    try:
+        classical = validate(ClassicalParams(**given_params(ClassicalParams, args, prefix="xc_"), seed=args.seed))
+        deep = validate(chosen.params(**net, seed=args.seed)) if chosen.params is not None else None
+    except (TypeError, ValueError) as exc:
+        raise CryodenInputError(None, f"--method {args.method}: {exc}") from exc
+    args._given_network = set(net)
+    return classical, deep
+
+
+def _deep_model(args, chosen, box: int):
     """The --model file checked against the method and the particles' box (errors name the file), or None."""
-    from ..align.udl import check_model
     from ..models import load_model
 
     if not args.model:
         return None
-    kind = f"align/{args.method}"
     model = load_model(args.model, kind="align")
-    if model.kind != kind:
-        raise CryodenInputError(args.model, f"is a {model.kind} model; --method {args.method} needs {kind}")
-    check_model(model, path=args.model, box=box, where=f"the particles of {args.input}")
+    chosen.check_model(model, path=args.model, box=box, where=f"the particles of {args.input}")
     return model
 
 
-def _deep_params(args):
-    from ..align.udl import DeepAlignParams
-    from ..params import validate
-
-    try:
-        return validate(DeepAlignParams(epochs=args.epochs or 3, time_budget=args.time_budget, seed=args.seed,
-                                        refine=args.refine or _REFINE_FIELD.default,
-                                        refine_window=args.refine_window))
-    except ValueError as exc:
-        raise CryodenInputError(None, str(exc)) from exc
-
-
 def _trains(args, model) -> bool:
-    return model is None or args.epochs is not None or args.time_budget is not None
+    """No model, or a model to train further (--epochs / --time-budget given)."""
+    return model is None or bool({"epochs", "time_budget"} & getattr(args, "_given_network", set()))
 
 
-def _run_deep(args, model, deep, source, reference, params, device, ctf, aligned_out, inputs, disable):
+def _train(args, chosen, deep, source, reference, device, model, inputs, disable):
     from .. import distributed
-    from ..align.udl import iter_align_with_model, iter_train
     from ..models import save_model
     from ..progress import run_with_bar
 
-    if _trains(args, model):
-        ckpt = checkpointer(args, args.output, inputs)
-        gen = iter_train(source, reference, deep, joint=args.method == "judl", device=device, model=model,
-                         checkpoint=ckpt, resume=args.resume)
-        model = run_with_bar(announce_resume(gen, ckpt), disable=disable)
-        if ckpt is not None and distributed.context().is_main:
-            ckpt.remove()  # trained: aligning with the network is quick and needs no checkpoint
-        if not distributed.context().is_main:
-            return None  # every process holds the same model; rank 0 saves it and aligns
-        if args.save_model:
-            save_model(args.save_model, model, inputs=inputs)
-            print(f"wrote model: {args.save_model}")
-    print(f"refining the network's angles: {deep.refine}"
-          + (f" (±{deep.refine_window:g}°)" if deep.refine == "local" else ""))
-    return run_with_bar(iter_align_with_model(source, model, reference, params, refine=deep.refine,
-                                              window=deep.refine_window, device=device, ctf=ctf,
-                                              keep_aligned=False, aligned_out=aligned_out), disable=disable)
-
-
-def _field(name: str):
-    import dataclasses
-
-    from ..align.udl import DeepAlignParams
-
-    return next(f for f in dataclasses.fields(DeepAlignParams) if f.name == name)
-
-
-_REFINE_FIELD, _WINDOW_FIELD = _field("refine"), _field("refine_window")
+    ckpt = checkpointer(args, args.output, inputs)
+    gen = chosen.train(source, reference, deep, device=device, model=model, checkpoint=ckpt, resume=args.resume)
+    model = run_with_bar(announce_resume(gen, ckpt), disable=disable)
+    if ckpt is not None and distributed.context().is_main:
+        ckpt.remove()  # trained: aligning with the network is quick and needs no checkpoint
+    if not distributed.context().is_main:
+        return None  # every process holds the same model; rank 0 saves it and aligns
+    if args.save_model:
+        save_model(args.save_model, model, inputs=inputs)
+        print(f"wrote model: {args.save_model}")
+    return model
 
 
 def register(commands: dict) -> None:
+    from ..align.cross_correlation import ClassicalParams
+    from ..align.methods import DEFAULT_METHOD, methods
+    from ..align.udl import DeepAlignParams
+    from ..params import add_params_to_parser
+
     p = commands["root"].add_parser(
         "align", help="align particles in plane (rotation + shift) to a reference or reference-free",
         description="Align particle images in plane and write RELION 3.1 STAR parameters (rlnAnglePsi, "
                     f"rlnOriginX/YAngst, {SCORE_COLUMN} = normalised cross-correlation), the aligned stack "
                     "and the average. Convention: docs/conventions.md.")
     add_particle_inputs(p, job="alignment", suffix="_aligned.star")
-    p.add_argument("--method", choices=METHODS, default="fft",
-                   help="fft: classical Fourier cross-correlation (default); udl / judl: deep difference learning "
-                        "(a network predicts the angle; --refine says what follows)")
+    p.add_argument("--method", choices=list(methods()), default=DEFAULT_METHOD,
+                   help="; ".join(f"{n}: {m.description}" for n, m in methods().items()))
     p.add_argument("--reference", help="2D reference image, or a 3D map (projected along z); none: reference-free")
     p.add_argument("--aligned", help="write the aligned stack (.mrcs)")
     p.add_argument("--average", help="write the average of the aligned particles (.mrc)")
-    p.add_argument("--max-shift", type=float, default=None,
-                   help="largest shift searched along x and y, pixels (default: box / 4)")
-    p.add_argument("--symmetry", type=positive_int, default=1, help="in-plane symmetry order n (angles modulo 360/n)")
     p.add_argument("--ctf", action="store_true", help="use the STAR file's defocus as a matched filter")
-    p.add_argument("--refine", choices=_REFINE_FIELD.metadata["choices"], default=None,
-                   help="udl/judl: what follows the network. none: its own angle (rlnAnglePsi mod 180, zero "
-                        "shifts); local: cross-correlation near its angle (180° flip, shift, fine angle); fft: the "
-                        f"global classical search (default: {_REFINE_FIELD.default})")
-    p.add_argument("--refine-window", type=float, default=_WINDOW_FIELD.default,
-                   help="udl/judl with --refine local: degrees searched either side of the network's angle "
-                        f"(default: {_WINDOW_FIELD.default:g})")
     p.add_argument("--model", help="trained udl/judl model to use (or to continue training with --epochs)")
     p.add_argument("--save-model", help="write the trained udl/judl model")
-    p.add_argument("--epochs", type=positive_int, default=None, help="udl/judl training epochs (default 3)")
-    p.add_argument("--time-budget", type=positive_float, default=None, help="udl/judl: stop training after S seconds")
     p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:1, mps")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--batch-size", type=positive_int, default=512, help="particles per batch")
+    p.add_argument("--seed", type=int, default=0, help="random seed (default: 0)")
     add_checkpoint_args(p)
+    add_params_to_parser(p.add_argument_group("alignment parameters (every method; udl/judl refine with them)"),
+                         ClassicalParams, skip=("seed",), prefix="xc_")
+    add_params_to_parser(p.add_argument_group("network parameters (udl, judl)"), DeepAlignParams, skip=("seed",),
+                         prefix="net_")
     p.set_defaults(func=cmd_align)

@@ -41,12 +41,12 @@ def parse_classes(text: str) -> list[int]:
 def _params(args, method: str):
     """The method's parameters: its defaults, the method options given (``--rounds``, ``--work-box`` ...), and
     the top-level ``--seed`` / ``--epochs`` / ``--time-budget``."""
-    from ..cluster import PARAMS
+    from ..cluster import methods
     from ..params import given_params, validate
 
-    cls = PARAMS[method]
+    cls = methods()[method].params
     names = {f.name for f in dataclasses.fields(cls)}
-    foreign = sorted({f.name for other in PARAMS.values() for f in dataclasses.fields(other)} - names)
+    foreign = sorted({f.name for m in methods().values() for f in dataclasses.fields(m.params)} - names)
     wrong = [n for n in foreign if getattr(args, f"param_{n}", None) is not None]
     if wrong:  # an option of another method would be ignored without a word
         raise CryodenInputError(None, f"--{wrong[0].replace('_', '-')} does not apply to --method {method}")
@@ -55,7 +55,8 @@ def _params(args, method: str):
     for name in ("epochs", "time_budget"):
         if getattr(args, name) is not None:
             if name not in names:
-                raise CryodenInputError(None, f"--{name.replace('_', '-')} applies to --method siamese, "
+                trainers = ", ".join(n for n, m in methods().items() if m.trains)
+                raise CryodenInputError(None, f"--{name.replace('_', '-')} applies to --method {trainers}, "
                                               f"not {method}")
             values[name] = float(getattr(args, name))
     try:
@@ -90,7 +91,7 @@ def cmd_cluster(args) -> int:
 def _cluster_one(args) -> int:
     from .. import distributed
     from ..align.sources import open_particles
-    from ..cluster import iter_cluster, iter_cluster_range
+    from ..cluster import iter_cluster, iter_cluster_range, methods
     from ..device import describe_device, resolve_device
     from ..io.mrc import write_mrc
     from ..io.star import write_star
@@ -105,21 +106,22 @@ def _cluster_one(args) -> int:
     params = _params(args, args.method)  # settings errors before any file is read
     if not Path(args.input).exists():
         raise CryodenInputError(args.input, "file not found")
-    if args.method != "siamese" and (args.model or args.save_model):
-        raise CryodenInputError(args.model or args.save_model, f"--model/--save-model apply to --method siamese, "
-                                                               f"not {args.method}")
+    chosen = methods()[args.method]
+    if not chosen.trains and (args.model or args.save_model):
+        raise CryodenInputError(args.model or args.save_model, f"--model/--save-model apply to methods that train "
+                                                               f"a network, not {args.method}")
     particles = open_particles(args.input)
     source, table = particles.source, particles.table
     n, box, apix = len(source), source.box, source.pixel_size
     if max(ks) > n or min(ks) < 2:
         raise CryodenInputError(args.input, f"has {n} particles; --classes must be between 2 and {n}, "
                                             f"got {args.classes}")
-    model = load_model(args.model, kind="cluster/siamese") if args.model else None
+    model = load_model(args.model, kind=f"cluster/{args.method}") if args.model else None
     train = model is None or args.epochs is not None or args.time_budget is not None
     device = resolve_device(args.device, need_fft=True)
     print(f"clustering {n} particles of {box}x{box} px ({apix:.4g} Å) into {args.classes} classes with "
           f"{args.method} on {describe_device(device)}")
-    ckpt = checkpointer(args, args.output, inputs) if args.method == "siamese" and train else None
+    ckpt = checkpointer(args, args.output, inputs) if chosen.trains and train else None
     kwargs = {"method": args.method, "params": params, "device": device, "model": model, "train": train,
               "checkpoint": ckpt}
     gen = (iter_cluster(source, ks[0], resume=args.resume, **kwargs) if len(ks) == 1 else
@@ -179,7 +181,7 @@ def cmd_subset(args) -> int:
 
 
 def register(commands: dict) -> None:
-    from ..cluster import METHODS, PARAMS
+    from ..cluster import DEFAULT_METHOD, methods
     from ..params import add_method_params
 
     p = commands["root"].add_parser(
@@ -190,8 +192,9 @@ def register(commands: dict) -> None:
     add_particle_inputs(p, job="clustering", suffix="_classes.star")
     p.add_argument("--classes", required=True,
                    help="number of classes K, or a range K1-K2 / list K1,K2 (the best silhouette is kept)")
-    p.add_argument("--method", choices=METHODS, default="siamese",
-                   help="siamese (default: pre-alignment, contrastive network, MRA refinement), mra, pca-kmeans")
+    p.add_argument("--method", choices=list(methods()), default=DEFAULT_METHOD,
+                   help="; ".join(f"{n}: {m.description}" for n, m in methods().items()) +
+                        f" (default: {DEFAULT_METHOD})")
     p.add_argument("--averages", help="write the class averages (.mrcs), largest class first")
     p.add_argument("--embedding", help="write particle, class, confidence, distance, x, y per particle (.csv)")
     p.add_argument("--model", help="siamese: trained encoder to apply (or continue with --epochs/--time-budget)")
@@ -204,7 +207,7 @@ def register(commands: dict) -> None:
     p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:1, mps")
     p.add_argument("--seed", type=int, default=0, help="random seed (default: 0)")
     add_checkpoint_args(p)
-    add_method_params(p, PARAMS, skip=("seed", "epochs", "time_budget"))
+    add_method_params(p, {n: m.params for n, m in methods().items()}, skip=("seed", "epochs", "time_budget"))
     p.set_defaults(func=cmd_cluster)
 
     p = commands["root"].add_parser("subset", help="the particles of chosen classes of a classified STAR file")

@@ -2,13 +2,13 @@
 class averages ordered by size. ``docs/cluster.md`` describes the methods."""
 
 from .averages import ClassAverages, iter_class_averages
+from .methods import DEFAULT_METHOD, ClusterMethod, PCAKMeansParams, methods, register
 from .mra import MRAParams, iter_mra, iter_prealign
 from .pipeline import (
     METHODS,
     PARAMS,
     SCORE_COLUMN,
     ClusterResult,
-    PCAKMeansParams,
     class_members,
     cluster,
     iter_cluster,
@@ -18,10 +18,12 @@ from .pipeline import (
 from .siamese import Encoder, SiameseParams, contrastive_loss, iter_train_siamese
 
 __all__ = [
+    "DEFAULT_METHOD",
     "METHODS",
     "PARAMS",
     "SCORE_COLUMN",
     "ClassAverages",
+    "ClusterMethod",
     "ClusterResult",
     "Encoder",
     "MRAParams",
@@ -36,5 +38,7 @@ __all__ = [
     "iter_mra",
     "iter_prealign",
     "iter_train_siamese",
+    "methods",
+    "register",
     "with_classes",
 ]

@@ -10,38 +10,23 @@ from dataclasses import dataclass, field, replace
 import numpy as np
 
 from ..models import ModelFile
-from ..params import param, validate
+from ..params import validate
 from ..progress import ProgressEvent
 from .averages import ClassAverages, iter_class_averages
-from .mra import MRAParams, RotationalSearch, align_within_classes, compose, iter_mra, iter_prealign
-from .pseudo_labels import kmeans_labels, order_by_size, pca_features, work_images
-from .siamese import SiameseParams, iter_train_siamese
+from .methods import methods
+from .mra import RotationalSearch, compose, iter_prealign
+from .pseudo_labels import order_by_size, pca_features, work_images
 from .structure import structure_test, warn_if_unstructured
 
 log = logging.getLogger(__name__)
 
 
-@dataclass(frozen=True)
-class PCAKMeansParams:
-    """Settings of the PCA + KMeans baseline (``pca-kmeans``)."""
-
-    pca_components: int = param(20, "principal components kept", min=1, basic=True)
-    work_box: int = param(32, "images are Fourier-cropped to this box for clustering (pixels)", min=16, unit="px")
-    prealign_iterations: int = param(0, "passes of the classical reference-free pre-alignment (0: raw pixels)",
-                                     min=0, max=20)
-    max_shift: float = param(0.0, "largest shift of the pre-alignment, pixels of the input (0: box / 8)",
-                             min=0.0, unit="px")
-    n_init: int = param(4, "KMeans restarts", min=1)
-    refine_iterations: int = param(0, "MRA iterations seeded by the KMeans classes (0: none)", min=0, max=100, basic=True)
-    seed: int = param(0, "random seed")
-
-
 #: Principal components in which the structure test (:mod:`.structure`) looks for classes.
 STRUCTURE_COMPONENTS = 20
 
-#: Clustering methods by name, and the parameter class of each (the CLI and the widget are built from it).
-METHODS = ("siamese", "mra", "pca-kmeans")
-PARAMS = {"siamese": SiameseParams, "mra": MRAParams, "pca-kmeans": PCAKMeansParams}
+#: Clustering methods by name, and the parameter class of each (the CLI and the widget are built from them).
+METHODS = tuple(methods())
+PARAMS = {name: m.params for name, m in methods().items()}
 
 
 @dataclass(frozen=True)
@@ -125,11 +110,12 @@ def iter_cluster(images, k: int, *, method: str = "siamese", params=None, device
 
     Yields progress events; returns a :class:`ClusterResult`.
     """
-    if method not in PARAMS:
-        raise ValueError(f"method must be one of {METHODS}, got {method!r}")
-    params = validate(params if params is not None else PARAMS[method]())
-    if not isinstance(params, PARAMS[method]):
-        raise TypeError(f"{method} needs {PARAMS[method].__name__}, got {type(params).__name__}")
+    if method not in methods():
+        raise ValueError(f"method must be one of {tuple(methods())}, got {method!r}")
+    chosen = methods()[method]
+    params = validate(params if params is not None else chosen.params())
+    if not isinstance(params, chosen.params):
+        raise TypeError(f"{method} needs {chosen.params.__name__}, got {type(params).__name__}")
     t0 = time.perf_counter()
     x = _read_all(images)
     n, box = x.shape[0], x.shape[-1]
@@ -151,41 +137,10 @@ def iter_cluster(images, k: int, *, method: str = "siamese", params=None, device
         structure = structure_test(pca_features(masked, STRUCTURE_COMPONENTS, seed=params.seed), k, seed=params.seed)
         info["structure"] = structure.as_dict()
         warn_if_unstructured(structure)
-    trained = None
-    if method == "pca-kmeans":
-        features = pca_features(masked, params.pca_components, seed=params.seed)
-        labels, _ = kmeans_labels(features, k, seed=params.seed, n_init=params.n_init)
-        if params.refine_iterations:
-            info["kmeans_labels"] = labels.copy()
-            mparams = MRAParams(iterations=params.refine_iterations, work_box=m, seed=params.seed)
-            res = yield from iter_mra(masked, k, labels=labels, params=mparams, device=device, stage="refine")
-            labels, a, o = res.labels, res.angles, res.origins
-        else:
-            _, a, o, _ = align_within_classes(masked, labels, k, searcher)
-    elif method == "mra":
-        res = yield from iter_mra(masked, k, params=params, device=device)
-        labels, a, o, features = res.labels, res.angles, res.origins, res.scores
-        info["history"] = res.history
-    else:
-        if model is not None and not train:
-            start = np.zeros(n, np.int64)
-        else:
-            start, _ = kmeans_labels(pca_features(masked, params.pca_components, seed=params.seed), k,
-                                     seed=params.seed)
-        info["initial_labels"] = start
-        sres = yield from iter_train_siamese(masked, k, start, params, device=device, model=model, train=train,
-                                             checkpoint=checkpoint, resume=resume)
-        trained, labels, features = sres.model, sres.labels, sres.embeddings
-        info["history"] = sres.history
-        info["siamese_labels"] = labels.copy()
-        timings["siamese"] = time.perf_counter() - t0 - sum(timings.values())
-        if params.refine_iterations:
-            mparams = MRAParams(iterations=params.refine_iterations, work_box=m, seed=params.seed)
-            res = yield from iter_mra(masked, k, labels=labels, params=mparams, device=device, stage="refine")
-            labels, a, o = res.labels, res.angles, res.origins
-            info["refine_history"] = res.history
-        else:
-            _, a, o, _ = align_within_classes(masked, labels, k, searcher)
+    found = yield from chosen.classify(masked, k, params, searcher=searcher, device=device, model=model, train=train,
+                                       checkpoint=checkpoint, resume=resume)
+    labels, a, o, features, trained = found.labels, found.angles, found.origins, found.features, found.model
+    info.update(found.info)
     labels = order_by_size(labels, k)
     psi, origins = compose(pre.angles, pre.origins, a, o * pre.scale)
     timings["cluster"] = time.perf_counter() - t0 - sum(timings.values())

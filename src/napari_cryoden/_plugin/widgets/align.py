@@ -16,10 +16,10 @@ import pandas as pd
 from magicgui.widgets import CheckBox, ComboBox, Container, Label, PushButton, create_widget
 from qtpy.QtWidgets import QFileDialog
 
-from ...align import METHODS
-from ...align.cross_correlation import ClassicalParams, iter_align_reference_free, iter_align_to_reference
+from ...align.cross_correlation import ClassicalParams
+from ...align.methods import DEFAULT_METHOD, methods
 from ...align.result import with_alignment
-from ...align.udl import DeepAlignParams, check_model, iter_align_with_model, iter_train
+from ...align.udl import DeepAlignParams
 from ...errors import CryodenInputError
 from ...io.star import write_star
 from ...models import ModelFile, load_model, save_model
@@ -38,7 +38,8 @@ from ..layers import (
 )
 from ..notify import notify_error, notify_info
 from ..settings import form_values, load_state, restore_values, save_state
-from ._params import params_form, params_from_form
+from ._dock import ScrollingDock
+from ._params import ParamsForm, params_from_form
 from ._progress import ProgressRow
 
 STATE_KEY = "align"
@@ -56,7 +57,7 @@ def reference_image(layer, box: int) -> np.ndarray:
     return data
 
 
-class AlignWidget(Container):
+class AlignWidget(ScrollingDock):
     def __init__(self, viewer: napari.viewer.Viewer):
         super().__init__(labels=True)
         self.viewer = viewer
@@ -67,13 +68,14 @@ class AlignWidget(Container):
         self.reference = create_widget(annotation=napari.layers.Image | None, label="reference",
                                        options={"nullable": True})
         state = load_state(STATE_KEY)
-        self.method = ComboBox(label="method", choices=list(METHODS), value=state.get("method", "fft")
-                               if state.get("method") in METHODS else "fft",
+        self._methods = methods()
+        self.method = ComboBox(label="method", choices=list(self._methods),
+                               value=state.get("method") if state.get("method") in self._methods else DEFAULT_METHOD,
                                tooltip="fft: classical Fourier cross-correlation; udl / judl: a network predicts "
                                        "the angle, then 'refine' says what follows: none (the network's own "
                                        "angle), local (cross-correlation near it), fft (docs/align.md)")
-        self.form = params_form(ClassicalParams)
-        self.deep_form = params_form(DeepAlignParams)
+        self.form = ParamsForm(ClassicalParams)
+        self.deep_form = ParamsForm(DeepAlignParams, title="Advanced (network)")
         restore_values(self.form, state.get("classical", {}))
         restore_values(self.deep_form, state.get("deep", {}))
         self.retrain = CheckBox(label="train the loaded model further", value=False)
@@ -89,7 +91,7 @@ class AlignWidget(Container):
         self.extend([self.stack, self.reference, self.method, self.form, self.deep_box, self.button,
                      self.export_button])
         self.progress = ProgressRow()
-        self.native.layout().addWidget(self.progress)
+        self.body.layout().addWidget(self.progress)
         self.runner = JobRunner(on_event=self.progress.update)
         self.progress.follow(self.runner)
         self.button.changed.connect(self.run)
@@ -104,8 +106,7 @@ class AlignWidget(Container):
         self._method_changed()
 
     def _method_changed(self, *_):
-        deep = self.method.value != "fft"
-        self.deep_box.visible = deep
+        self.deep_box.visible = self._methods[self.method.value].trains
         self.save_button.enabled = self.model is not None
         self.retrain.enabled = self.model is not None
 
@@ -125,33 +126,26 @@ class AlignWidget(Container):
             return
         method = self.method.value
         self._save_state()
-        kind = f"align/{method}"
-        model = self.model if self.model is not None and self.model.kind == kind else None
+        chosen = self._methods[method]
+        model = self.model if self.model is not None and self.model.kind == chosen.model_kind else None
         if model is not None:
             try:
-                check_model(model, path=self.model_path, box=data.shape[-1],
-                            where=f"the particles of {layer.name}")
+                chosen.check_model(model, path=self.model_path, box=data.shape[-1],
+                                   where=f"the particles of {layer.name}")
             except CryodenInputError as exc:
                 notify_error(exc)
                 return
-        train = method != "fft" and (model is None or self.retrain.value)
+        train = chosen.trains and (model is None or self.retrain.value)
 
         def job():
             nonlocal model
-            if method == "fft":
-                if ref is None:
-                    result = yield from iter_align_reference_free(data, params)
-                else:
-                    result = yield from iter_align_to_reference(data, ref, params)
-                return None, result
             if train:
-                model = yield from iter_train(data, ref, deep, joint=method == "judl", model=model)
-            result = yield from iter_align_with_model(data, model, ref, params, refine=deep.refine,
-                                                      window=deep.refine_window, keep_aligned=True)
-            return model, result
+                model = yield from chosen.train(data, ref, deep, model=model)
+            result = yield from chosen.align(data, ref, params, deep, model=model, keep_aligned=True)
+            return (model if chosen.trains else None), result
 
         meta = {"method": method, "params": as_dict(params), "reference": getattr(self.reference.value, "name", None)}
-        if method != "fft":
+        if chosen.trains:
             meta["deep_params"] = as_dict(deep)
             meta["trained_here"] = train
         self.runner.start(job, name=f"alignment of {layer.name}", on_done=lambda r: self._done(r, layer, meta),
@@ -208,7 +202,10 @@ class AlignWidget(Container):
     def load_model_from(self, path: str) -> None:
         try:
             model = load_model(path, kind="align")
-            check_model(model, path=path)  # a file of the older network: a message, not a crash at Align
+            chosen = self._methods.get(model.kind.split("/")[-1])
+            if chosen is None or not chosen.trains:
+                raise CryodenInputError(path, f"is a {model.kind} model, not one of an alignment network")
+            chosen.check_model(model, path=path)  # a file of the older network: a message, not a crash at Align
         except CryodenInputError as exc:
             notify_error(exc)
             return

@@ -27,7 +27,7 @@ from matplotlib.backends.backend_qtagg import FigureCanvasQTAgg
 from matplotlib.figure import Figure
 from qtpy.QtWidgets import QFileDialog
 
-from ...cluster import METHODS, PARAMS, iter_cluster
+from ...cluster import DEFAULT_METHOD, iter_cluster, methods
 from ...cluster.pipeline import class_members, with_classes
 from ...errors import CryodenInputError
 from ...io.star import write_star
@@ -138,9 +138,11 @@ class ClusterWidget(ScrollingDock):
                                    options={"choices": particle_stack_choices(viewer)})
         follow_active_layer(viewer, self.stack, is_particle_stack)
         self.classes = SpinBox(label="classes (K)", value=int(state.get("classes", 6)), min=2, max=200)
-        self.method = ComboBox(label="method", choices=list(METHODS), value=state.get("method", "siamese")
-                               if state.get("method") in METHODS else "siamese",
-                               tooltip="siamese: pre-alignment, contrastive network, MRA refinement (docs/cluster.md)")
+        self._methods = methods()
+        self.method = ComboBox(label="method", choices=list(self._methods),
+                               value=state.get("method") if state.get("method") in self._methods else DEFAULT_METHOD,
+                               tooltip="\n".join(f"{n}: {m.description}" for n, m in self._methods.items()) +
+                                       "\n(docs/cluster.md)")
         self.form = ParamsForm()
         self.button = PushButton(text="Cluster")
         self.class_list = ClassSelect(label="show classes", choices=[], allow_multiple=True,
@@ -171,7 +173,7 @@ class ClusterWidget(ScrollingDock):
     def _method_changed(self, *_):
         if self.form.cls is not None:  # keep what the user set for the method the form showed
             self._saved_params[self._form_method] = form_values(self.form)
-        self.form.set_params(PARAMS[self.method.value])
+        self.form.set_params(self._methods[self.method.value].params)
         self._form_method = self.method.value
         restore_values(self.form, self._saved_params.get(self.method.value, {}))
 
@@ -193,7 +195,7 @@ class ClusterWidget(ScrollingDock):
             data = particle_stack_input(layer)
             if not 2 <= k <= data.shape[0]:
                 raise CryodenInputError(layer.name, f"has {data.shape[0]} particles; K must be between 2 and that")
-            params = params_from_form(PARAMS[method], self.form)
+            params = params_from_form(self._methods[method].params, self.form)
         except (CryodenInputError, ValueError) as exc:
             notify_error(exc)
             return
