@@ -139,3 +139,37 @@ def test_symmetry(reference):
     assert res.angles.max() < 120.0
     assert np.median(angular_error(res.angles, sim.angles, symmetry=3)) < 0.5
     assert np.median(shift_error(res.origins, sim.origins)) < 0.1
+
+
+@pytest.mark.parametrize("kind", ["white", "correlated"])
+def test_reference_free_alignment_of_pure_noise_warns_of_no_common_signal(kind):
+    """Noise aligned to its own average looks like a result (scores > 0, an average with features); the run
+    compares with phase-randomised copies of the particles and says there is nothing shared."""
+    import warnings
+
+    from scipy.ndimage import gaussian_filter
+
+    from napari_cryoden.align.cross_correlation import STRUCTURE_MIN_RATIO, NoCommonSignalWarning
+
+    noise = np.random.default_rng(3).standard_normal((60, 48, 48)).astype(np.float32)
+    if kind == "correlated":
+        noise = np.stack([gaussian_filter(im, 1.5) for im in noise])
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        res = align_reference_free(noise, ClassicalParams(max_shift=4, iterations=3, seed_images=60))
+    assert res.info["structure"]["ratio"] < STRUCTURE_MIN_RATIO
+    assert [w for w in caught if issubclass(w.category, NoCommonSignalWarning)]
+
+
+def test_reference_free_alignment_of_real_particles_finds_common_signal():
+    import warnings
+
+    from napari_cryoden.align.cross_correlation import STRUCTURE_MIN_RATIO, NoCommonSignalWarning
+    from napari_cryoden.sample_data import sample_particles
+
+    sim = sample_particles(n_particles=60, box=48, snr=0.3, max_shift=3.0, seed=2)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        res = align_reference_free(sim.images, ClassicalParams(max_shift=4, iterations=3, seed_images=60))
+    assert res.info["structure"]["ratio"] > STRUCTURE_MIN_RATIO + 0.3
+    assert not [w for w in caught if issubclass(w.category, NoCommonSignalWarning)]

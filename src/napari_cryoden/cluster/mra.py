@@ -71,7 +71,7 @@ def iter_prealign(work: np.ndarray, *, box: int, iterations: int, max_shift: flo
         return Prealignment(np.zeros(n), np.zeros((n, 2)), work, scale)
     shift = (max_shift or box / 8) / scale
     params = ClassicalParams(max_shift=shift, iterations=iterations, seed_images=min(256, n), batch_size=1024,
-                             seed=seed)
+                             structure_check=False, seed=seed)  # clustering runs its own structure test
     result = yield from iter_align_reference_free(work, params, device=device, keep_aligned=True)
     return Prealignment(result.angles, result.origins * scale, result.aligned, scale)
 
