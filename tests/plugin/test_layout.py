@@ -102,3 +102,18 @@ def test_docked_widgets_scroll_instead_of_growing_the_window(make_napari_viewer,
     QApplication.processEvents()
     qtbot.wait(50)
     assert window.height() <= 820, f"three docked widgets grew the window to {window.height()} px"
+
+
+def test_denoise_presets_set_the_time_budget_and_hide_for_filters(make_napari_viewer):
+    viewer = make_napari_viewer()
+    viewer.open_sample(PLUGIN, "synthetic-tomogram")
+    _, w = viewer.window.add_plugin_dock_widget(PLUGIN, "Denoise")
+    w.method.value = "self2self"
+    assert not w.preset.native.isHidden() and w.preset.value == "custom"
+    w.preset.value = "fast preview"
+    assert w.form["time_budget"].value == 30.0 and w.form["n_predictions"].value == 2
+    assert w.params().time_budget == 30.0
+    w.preset.value = "best quality"
+    assert w.params().time_budget == 600.0 and w.params().n_predictions == 8
+    w.method.value = "gaussian"
+    assert w.preset.native.isHidden()

@@ -26,6 +26,13 @@ from ._plot import LossPlot
 from ._progress import ProgressRow
 
 STATE_KEY = "denoise"
+CUSTOM = "custom"
+#: Presets of the methods that train: {name: (field values, what it means)}.
+PRESETS = {
+    CUSTOM: ({}, ""),
+    "fast preview": ({"time_budget": 30.0, "n_predictions": 2}, "30 s of training, 2 predictions averaged"),
+    "best quality": ({"time_budget": 600.0, "n_predictions": 8}, "10 min of training, 8 predictions averaged"),
+}
 
 
 class DenoiseWidget(ScrollingDock):
@@ -46,6 +53,9 @@ class DenoiseWidget(ScrollingDock):
         default = state.get("method") if state.get("method") in self._methods else (
             DEFAULT_METHOD if DEFAULT_METHOD in self._methods else list(self._methods)[0])
         self.method = ComboBox(label="method", choices=list(self._methods), value=default)
+        self.preset = ComboBox(label="preset", choices=list(PRESETS), value=CUSTOM,
+                               tooltip="; ".join(f"{k}: {v[1]}" for k, v in PRESETS.items() if v[0]) +
+                                       f"; {CUSTOM}: the values below as you set them")
         self.stack = CheckBox(label="2D (per image)", value=False,
                               tooltip="treat the first axis as an image index (particle stacks)")
         self.seed = SpinBox(label="seed", value=0, min=0, max=2**31 - 1,
@@ -65,7 +75,8 @@ class DenoiseWidget(ScrollingDock):
                             labels=False)
         model_row = Container(widgets=[self.save_button, self.load_button, self.model_label], layout="horizontal",
                               labels=False)
-        self.extend([self.image, self.half2, self.method, self.stack, self.description, self.form, buttons,
+        self.extend([self.image, self.half2, self.method, self.preset, self.stack, self.description, self.form,
+                     buttons,
                      model_row])
         self.progress = ProgressRow()
         self.loss_plot = LossPlot()
@@ -74,6 +85,7 @@ class DenoiseWidget(ScrollingDock):
         self.runner = JobRunner(on_event=self._on_event)
         self.progress.follow(self.runner)
         self.method.changed.connect(self._method_changed)
+        self.preset.changed.connect(self._preset_changed)
         self.image.changed.connect(self._image_changed)
         self.stack.changed.connect(self._dims_changed)
         self.train_button.changed.connect(lambda: self.run("train"))
@@ -114,6 +126,15 @@ class DenoiseWidget(ScrollingDock):
         self.load_button.enabled = m.trains
         self.both_button.text = "Train and predict" if m.trains else "Denoise"
         self.half2.visible = m.needs_half2
+        names = {w.name for w in self.form.fields()}
+        self.preset.visible = m.trains and all(k in names for v in PRESETS.values() for k in v[0])
+        self.preset.value = CUSTOM
+
+    def _preset_changed(self, *_):
+        """A preset sets the time budget and the predictions averaged; the form shows what it set."""
+        values, _ = PRESETS[self.preset.value]
+        for name, value in values.items():
+            self.form.field(name).value = value
 
     def _save_state(self) -> None:
         """Remember the method and its settings (per method and 2D/3D) for the next napari session."""
