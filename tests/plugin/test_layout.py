@@ -4,8 +4,8 @@ scroll instead of growing the window past the screen."""
 from __future__ import annotations
 
 import pytest
-from magicgui.widgets import Container, Label
-from magicgui.widgets.bases import ButtonWidget, ValueWidget
+from magicgui.widgets import Container, Label, PushButton
+from magicgui.widgets.bases import ValueWidget
 
 from napari_cryoden._plugin.widgets._params import ParamsForm
 
@@ -33,7 +33,7 @@ def visible_settings(widget) -> list[str]:
             for child in w:
                 walk(child)
             return
-        if isinstance(w, ValueWidget) and not isinstance(w, ButtonWidget | Label) and w.enabled:
+        if isinstance(w, ValueWidget) and not isinstance(w, PushButton | Label) and w.enabled:
             out.append(w.label)
 
     for child in widget:
@@ -48,6 +48,10 @@ def test_job_widgets_show_the_basic_settings_and_open_advanced(make_particle_vie
     _, w = viewer.window.add_plugin_dock_widget(PLUGIN, name)
     forms = [f for f in _forms(w) if f.fields()]
     assert forms, f"{name} has no generated settings form"
+    # the quality/time knob and the settings a scientist decides are among the visible ones
+    expected = {"Denoise": {"image", "method", "time budget (s)"}, "Align": {"max shift (px)", "symmetry"},
+                "Cluster": {"classes (K)", "time budget (s)"}}[name]
+    assert expected <= set(visible_settings(w)), visible_settings(w)
     for method in w.method.choices:  # every method of the widget, not only the default one
         w.method.value = method
         shown = visible_settings(w)

@@ -136,7 +136,7 @@ class ParamsForm(Container):
 
     def visible_settings(self) -> list[Widget]:
         """The settings a user sees without opening *Advanced*."""
-        return list(self.basic) if self.basic.visible else []
+        return [] if self.basic.native.isHidden() else list(self.basic)  # isHidden: also before the window shows
 
     def expand(self, expanded: bool = True) -> None:
         self.collapsible.expand(animate=False) if expanded else self.collapsible.collapse(animate=False)
