@@ -130,6 +130,15 @@ class DenoiseWidget(ScrollingDock):
         self.preset.visible = m.trains and all(k in names for v in PRESETS.values() for k in v[0])
         self.preset.value = CUSTOM
 
+    def _show_model(self, model) -> None:
+        """The model row: method, steps, and the noise correlation measured for it (mask block for Self2Self)."""
+        noise = model.describe_noise() if hasattr(model, "describe_noise") else None
+        self.model_label.value = f"{model.method} model, {len(model.history)} steps"
+        self.model_label.tooltip = noise or ""
+        if noise:
+            self.model_label.value += f"; {noise}"
+            self.model_label.native.setWordWrap(True)
+
     def _preset_changed(self, *_):
         """A preset sets the time budget and the predictions averaged; the form shows what it set."""
         values, _ = PRESETS[self.preset.value]
@@ -230,7 +239,7 @@ class DenoiseWidget(ScrollingDock):
         model, result = out
         if model is not None:
             self.model = model
-            self.model_label.value = f"{model.method} model, {len(model.history)} steps"
+            self._show_model(model)
             self.predict_button.enabled = True
             self.save_button.enabled = True
         if result is not None:
@@ -271,5 +280,5 @@ class DenoiseWidget(ScrollingDock):
             if f.name in names:
                 self.form.field(f.name).value = getattr(model.params, f.name)
         self.stack.value = model.net_config.dims == 2
-        self.model_label.value = f"{model.method} model, {len(model.history)} steps"
+        self._show_model(model)
         self.predict_button.enabled = self.save_button.enabled = True
