@@ -59,7 +59,7 @@ def test_train_and_predict_adds_a_denoised_layer(noisy_layers, qtbot):
     assert any(e.stage == "train" for e in events) and any(e.stage == "predict" for e in events)
     assert widget.model is not None and widget.predict_button.enabled
     assert widget.progress.bar.format() == "done"
-    assert "noise correlation" in widget.model_label.value  # what was measured, shown with the model
+    assert "noise correlation" in widget.noise_label.value  # what was measured, shown with the model
     assert out.metadata["params"]["smooth_sigmas"] == ""
     # Baseline: a sigma = 0.5 Gaussian blur of the input (+2.9 dB over it). Measured over that blur: +1.9 to +2.0 dB
     # (seed 0 at 1 and 2 threads, seed 1 at 2); over the raw input +4.9 dB. Not claimed: the tuned Gaussian (sigma

@@ -10,7 +10,7 @@ docked widget (``_magic_widget``, as magicgui does for its own widgets).
 from __future__ import annotations
 
 from magicgui.widgets import Container
-from qtpy.QtCore import Qt
+from qtpy.QtCore import Qt, QTimer
 
 
 class ScrollingDock(Container):
@@ -18,6 +18,14 @@ class ScrollingDock(Container):
         super().__init__(scrollable=True, **kwargs)
         self.root_native_widget._magic_widget = self
         self.body.layout().setAlignment(Qt.AlignmentFlag.AlignTop)  # rows packed at the top, not spread out
+        self.native.setHorizontalScrollBarPolicy(Qt.ScrollBarPolicy.ScrollBarAsNeeded)  # never clip silently
+        QTimer.singleShot(0, self.fit_width)  # once the subclass has added all its rows
+
+    def fit_width(self) -> None:
+        """As wide as the content needs (rows added to ``body`` after magicgui sized the scroll area count too),
+        so the dock scrolls vertically and nothing is cut off at the right."""
+        bar = self.native.verticalScrollBar().sizeHint().width()
+        self.native.setMinimumWidth(self.body.minimumSizeHint().width() + bar + 4)
 
     @property
     def native(self):

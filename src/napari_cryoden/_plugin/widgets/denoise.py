@@ -71,13 +71,17 @@ class DenoiseWidget(ScrollingDock):
         self.save_button = PushButton(text="Save model…")
         self.load_button = PushButton(text="Load model…")
         self.model_label = Label(value="no model")
+        self.model_label.native.setSizePolicy(QSizePolicy.Policy.Ignored, QSizePolicy.Policy.Preferred)
+        self.noise_label = Label(value="")  # the noise correlation measured for the model, on its own wrapped row
+        self.noise_label.native.setWordWrap(True)
+        self.noise_label.native.setSizePolicy(QSizePolicy.Policy.Ignored, QSizePolicy.Policy.Preferred)
+        self.noise_label.visible = False
         buttons = Container(widgets=[self.train_button, self.predict_button, self.both_button], layout="horizontal",
                             labels=False)
         model_row = Container(widgets=[self.save_button, self.load_button, self.model_label], layout="horizontal",
                               labels=False)
         self.extend([self.image, self.half2, self.method, self.preset, self.stack, self.description, self.form,
-                     buttons,
-                     model_row])
+                     buttons, model_row, self.noise_label])
         self.progress = ProgressRow()
         self.loss_plot = LossPlot()
         self.body.layout().addWidget(self.progress)
@@ -134,10 +138,9 @@ class DenoiseWidget(ScrollingDock):
         """The model row: method, steps, and the noise correlation measured for it (mask block for Self2Self)."""
         noise = model.describe_noise() if hasattr(model, "describe_noise") else None
         self.model_label.value = f"{model.method} model, {len(model.history)} steps"
-        self.model_label.tooltip = noise or ""
-        if noise:
-            self.model_label.value += f"; {noise}"
-            self.model_label.native.setWordWrap(True)
+        self.model_label.tooltip = self.model_label.value
+        self.noise_label.value = noise or ""
+        self.noise_label.visible = bool(noise)
 
     def _preset_changed(self, *_):
         """A preset sets the time budget and the predictions averaged; the form shows what it set."""
