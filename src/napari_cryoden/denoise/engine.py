@@ -32,7 +32,7 @@ from ..models import ModelFile, load_model, to_cpu
 from ..params import as_dict, param
 from ..progress import ProgressEvent, StageClock
 from .networks import UNet, UNetConfig
-from .noise import NoiseCorrelation, NoNoiseError, estimate_noise_correlation
+from .noise import NoiseCorrelation, NoNoiseError, estimate_noise_correlation, per_axis
 from .normalize import Normalization, fit_normalization
 from .registry import DenoiseMethod, get_method, methods
 from .tiling import auto_tile, iter_predict_tiled
@@ -184,7 +184,7 @@ class TrainedDenoiser:
         block = getattr(self.params, "mask_block", None)
         if block is None:
             return noise.describe(show_block=False)
-        parsed = tuple(int(b) for b in str(block).split(",")) if str(block).lower() != "auto" else None
+        parsed = per_axis(block, int) if str(block).lower() != "auto" else None  # "3" is 3x3x3
         return noise.describe(block=parsed)
 
     def to_model_file(self) -> ModelFile:

@@ -114,6 +114,17 @@ class NoiseCorrelation:
         return {k: (list(v) if isinstance(v, tuple) else v) for k, v in d.items()}
 
 
+def per_axis(text, cast=float) -> tuple:
+    """A value per axis (z, y, x) from ``"3,1,1"``, or one for all three from ``"3"`` (mask blocks, whitening
+    lengths). ValueError when a part is not a number or there are not one or three parts."""
+    values = tuple(cast(v) for v in str(text).split(","))
+    if len(values) == 1:
+        values *= 3
+    if len(values) != 3:
+        raise ValueError(f"expected one value or three (z,y,x), got {text!r}")
+    return values
+
+
 def _central_crop(data, size=_CROP) -> np.ndarray:
     starts = [max(0, (n - s) // 2) for n, s in zip(data.shape, size)]
     sl = tuple(slice(a, a + s) for a, s in zip(starts, size))

@@ -35,7 +35,7 @@ from .masks import (
     low_frequency_ball,
     stratified_bernoulli_masks,
 )
-from .noise import NoiseCorrelation, auto_mask_block
+from .noise import NoiseCorrelation, auto_mask_block, per_axis
 from .registry import register
 
 log = logging.getLogger(__name__)
@@ -57,13 +57,12 @@ def parse_mask_block(text: str, dims: int) -> tuple[int, ...]:
     if str(text).strip().lower() == "auto":  # only a model not yet trained has "auto"; training resolves it
         return (1,) * dims
     try:
-        values = tuple(int(v) for v in str(text).split(","))
-    except ValueError as exc:
-        raise ValueError(f"mask_block must look like '3,1,1', got {text!r}") from exc
-    if len(values) == 1:
-        values = values * 3
-    if len(values) != 3 or min(values) < 1:
-        raise ValueError(f"mask_block must be three positive integers (z,y,x), got {text!r}")
+        values = per_axis(text, int)
+        valid = min(values) >= 1
+    except ValueError:
+        valid = False
+    if not valid:
+        raise ValueError(f"mask_block must be one or three positive integers (z,y,x) like '3,1,1', got {text!r}")
     return values[1:] if dims == 2 else values
 
 
@@ -266,13 +265,12 @@ def whitening_lengths(params: FourierN2NParams) -> tuple[float, float, float] | 
     if text in ("off", "auto", "", "none"):  # "auto" left only in a model not yet trained
         return None
     try:
-        values = tuple(float(v) for v in text.split(","))
-    except ValueError as exc:
-        raise ValueError(f"whitening must be auto, off or three lengths z,y,x, got {params.whitening!r}") from exc
-    if len(values) == 1:
-        values = values * 3
-    if len(values) != 3 or min(values) < 0:
-        raise ValueError(f"whitening must be auto, off or three lengths z,y,x ≥ 0, got {params.whitening!r}")
+        values = per_axis(text, float)
+        valid = min(values) >= 0
+    except ValueError:
+        valid = False
+    if not valid:
+        raise ValueError(f"whitening must be auto, off or one or three lengths z,y,x ≥ 0, got {params.whitening!r}")
     return values if max(values) > 0 else None
 
 
