@@ -83,25 +83,6 @@ def output_paths(inputs: list[Path], output: str) -> list[Path]:
     return names
 
 
-def _all_param_fields(methods) -> dict[str, tuple[dataclasses.Field, list[str]]]:
-    """Union of the parameter fields of all methods: name -> (field, methods using it)."""
-    fields: dict[str, tuple[dataclasses.Field, list[str]]] = {}
-    for name, m in methods.items():
-        for f in dataclasses.fields(m.params):
-            if f.name in fields:
-                fields[f.name][1].append(name)
-            else:
-                fields[f.name] = (f, [name])
-    return fields
-
-
-def _type_of(f: dataclasses.Field):
-    """The field's type (annotations are strings under ``from __future__ import annotations``)."""
-    if not isinstance(f.type, str):
-        return f.type
-    return {"int": int, "float": float, "str": str, "bool": bool}.get(f.type.split("|")[0].strip(), str)
-
-
 def build_params(method, args: argparse.Namespace, *, dims: int):
     """The method's defaults for ``dims``-dimensional data, overridden by the options given."""
     from ..params import validate
@@ -239,7 +220,7 @@ def _zyx(vol) -> tuple[float, ...]:
 def register(commands: dict) -> None:
     from ..denoise import methods
     from ..denoise.registry import DEFAULT_METHOD
-    from ..params import add_params_to_parser
+    from ..params import add_method_params
 
     all_methods = methods()
     p = commands["root"].add_parser(
@@ -268,16 +249,6 @@ def register(commands: dict) -> None:
     p.add_argument("--overwrite", action="store_true",
                    help="replace outputs that exist already (without it a single run refuses them; a batch re-run "
                         "skips them and reuses the --save-model file an earlier run wrote)")
-    group = p.add_argument_group("method parameters (each applies to the methods named in its help)")
-    seen = set()
-    for name, (f, users) in _all_param_fields(all_methods).items():
-        if name in ("time_budget", "epochs", "model") or name in seen:
-            continue
-        seen.add(name)
-
-        holder = dataclasses.make_dataclass("_P", [(f.name, _type_of(f), dataclasses.field(default=f.default,
-                                                                                             metadata=f.metadata))])
-        add_params_to_parser(group, holder)
-        action = group._group_actions[-1]
-        action.help = (action.help or "").replace("(default:", f"[{', '.join(users)}] (default:")
+    # --time-budget, --epochs and --model are the top-level flags above
+    add_method_params(p, {n: m.params for n, m in all_methods.items()}, skip=("time_budget", "epochs", "model"))
     p.set_defaults(func=cmd_denoise)

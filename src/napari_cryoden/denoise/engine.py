@@ -49,7 +49,7 @@ class EngineParams:
     """Settings shared by the self-supervised methods (defaults run in minutes on a 2-core CPU)."""
 
     patch_size: int = param(32, "training patch side in voxels (3D) or pixels (2D); rounded to the network's multiple",
-                            min=8, max=512, unit="px")
+                            min=8, max=512)
     batch_size: int = param(8, "patches per training step", min=1, max=1024)
     epochs: int = param(100, "training epochs (an epoch = enough patches to cover the data once)", min=1)
     time_budget: float = param(120.0, "wall-clock training budget in seconds (0: epochs only)", min=0, unit="s", basic=True)
@@ -66,8 +66,8 @@ class EngineParams:
     smooth_sigmas: str = param("1,2,3", "scales (voxels) of the normalised Gaussian averages given to the network as "
                                       "extra input channels (it starts as their blend); empty: none")
     augment: bool = param(True, "random flips and 90° rotations in the yx plane")
-    tile_size: int = param(0, "prediction tile side (0: automatic from free memory)", min=0, max=1024, unit="px")
-    tile_overlap: int = param(16, "overlap between prediction tiles (voxels)", min=0, max=256, unit="px")
+    tile_size: int = param(0, "prediction tile side (0: automatic from free memory)", min=0, max=1024)
+    tile_overlap: int = param(16, "overlap between prediction tiles (voxels)", min=0, max=256)
 
 
 # ---------------------------------------------------------------------------------------------- data
