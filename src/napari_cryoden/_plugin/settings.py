@@ -52,7 +52,7 @@ def save_state(widget: str, state: dict) -> None:
 def form_values(form) -> dict:
     """{name: value} of a magicgui Container's value widgets."""
     out = {}
-    for w in _widgets(form):
+    for w in form_widgets(form):
         value = getattr(w, "value", None)
         if isinstance(value, bool | int | float | str):
             out[w.name] = value
@@ -61,7 +61,7 @@ def form_values(form) -> dict:
 
 def restore_values(form, values: dict) -> None:
     """Set the widgets of ``form`` from ``values`` where names match and the value is accepted."""
-    for w in _widgets(form):
+    for w in form_widgets(form):
         if w.name in values:
             try:
                 w.value = values[w.name]
@@ -69,7 +69,7 @@ def restore_values(form, values: dict) -> None:
                 log.debug("skipped stale setting %s=%r", w.name, values[w.name])
 
 
-def _widgets(form):
+def form_widgets(form):
     """The value widgets of a Container, or of a ParamsForm (its basic and advanced fields)."""
     fields = getattr(form, "fields", None)
     return fields() if callable(fields) else list(form)

@@ -164,7 +164,6 @@ def _params(args, chosen):
         deep = validate(chosen.params(**net, seed=args.seed)) if chosen.params is not None else None
     except (TypeError, ValueError) as exc:
         raise CryodenInputError(None, f"--method {args.method}: {exc}") from exc
-    args._given_network = set(net)
     return classical, deep
 
 
@@ -181,7 +180,7 @@ def _deep_model(args, chosen, box: int):
 
 def _trains(args, model) -> bool:
     """No model, or a model to train further (--epochs / --time-budget given)."""
-    return model is None or bool({"epochs", "time_budget"} & getattr(args, "_given_network", set()))
+    return model is None or any(getattr(args, f"net_{name}", None) is not None for name in ("epochs", "time_budget"))
 
 
 def _train(args, chosen, deep, source, reference, device, model, inputs, disable):

@@ -15,6 +15,7 @@ from magicgui.widgets import Container, Widget, create_widget
 from superqt import QCollapsible
 
 from ...params import is_basic, unit, validate
+from ..settings import form_widgets
 
 
 def _annotation(cls, f: dataclasses.Field):
@@ -142,11 +143,6 @@ class ParamsForm(Container):
         self.collapsible.expand(animate=False) if expanded else self.collapsible.collapse(animate=False)
 
 
-def value_widgets(form) -> list[Widget]:
-    """The field widgets of a :class:`ParamsForm` or a plain Container."""
-    return form.fields() if isinstance(form, ParamsForm) else list(form)
-
-
 def _step(value: float) -> float:
     if value == 0:
         return 0.01
@@ -157,7 +153,7 @@ def _step(value: float) -> float:
 def params_from_form(cls, form: Container):
     """The frozen parameter object for the form's current values (validated)."""
     values = {}
-    by_name = {w.name: w for w in value_widgets(form)}
+    by_name = {w.name: w for w in form_widgets(form)}
     for f in dataclasses.fields(cls):
         value = by_name[f.name].value
         if _optional(f) and value == _NONE_VALUE.get(_annotation(cls, f), object()):

@@ -136,7 +136,7 @@ class DenoiseWidget(ScrollingDock):
 
     def _show_model(self, model) -> None:
         """The model row: method, steps, and the noise correlation measured for it (mask block for Self2Self)."""
-        noise = model.describe_noise() if hasattr(model, "describe_noise") else None
+        noise = model.describe_noise()
         self.model_label.value = f"{model.method} model, {len(model.history)} steps"
         self.model_label.tooltip = self.model_label.value
         self.noise_label.value = noise or ""
