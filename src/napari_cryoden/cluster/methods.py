@@ -79,10 +79,19 @@ class ClusterMethod:
         return f"<{type(self).__name__} {self.name!r}>"
 
     def classify(self, masked: np.ndarray, k: int, params, *, searcher: RotationalSearch, device="cpu",
-                 model: ModelFile | None = None, train: bool = True, checkpoint=None,
-                 resume: bool = False) -> Generator[ProgressEvent, None, Classes]:
-        """Classes of the centred, masked work images ``masked`` (n, m, m); yields progress events."""
+                 model: ModelFile | None = None, train: bool = True, checkpoint=None, resume: bool = False,
+                 pca=None) -> Generator[ProgressEvent, None, Classes]:
+        """Classes of the centred, masked work images ``masked`` (n, m, m); yields progress events.
+
+        ``pca(c)`` gives the first ``c`` principal-component scores of ``masked`` (shared with the structure
+        test, so they are computed once); without it they are computed here."""
         raise NotImplementedError
+
+
+def _scores(masked, params, pca) -> np.ndarray:
+    """The first ``params.pca_components`` principal-component scores of the work images."""
+    return pca(params.pca_components) if pca is not None else pca_features(masked, params.pca_components,
+                                                                         seed=params.seed)
 
 
 def _refine_or_align(masked, k, labels, params, *, searcher, device, work_box: int, info: dict, key: str):
@@ -101,8 +110,8 @@ class PCAKMeans(ClusterMethod):
     params = PCAKMeansParams
     description = "KMeans on principal components of the (pre-aligned) particles; the baseline"
 
-    def classify(self, masked, k, params, *, searcher, device="cpu", **_):
-        features = pca_features(masked, params.pca_components, seed=params.seed)
+    def classify(self, masked, k, params, *, searcher, device="cpu", pca=None, **_):
+        features = _scores(masked, params, pca)
         labels, _ = kmeans_labels(features, k, seed=params.seed, n_init=params.n_init)
         info: dict[str, Any] = {}
         if params.refine_iterations:
@@ -129,13 +138,12 @@ class Siamese(ClusterMethod):
     trains = True
 
     def classify(self, masked, k, params, *, searcher, device="cpu", model=None, train=True, checkpoint=None,
-                 resume=False):
+                 resume=False, pca=None):
         n = len(masked)
         if model is not None and not train:
             start = np.zeros(n, np.int64)
         else:
-            start, _ = kmeans_labels(pca_features(masked, params.pca_components, seed=params.seed), k,
-                                     seed=params.seed)
+            start, _ = kmeans_labels(_scores(masked, params, pca), k, seed=params.seed)
         info: dict[str, Any] = {"initial_labels": start}
         sres = yield from iter_train_siamese(masked, k, start, params, device=device, model=model, train=train,
                                              checkpoint=checkpoint, resume=resume)

@@ -133,12 +133,19 @@ def iter_cluster(images, k: int, *, method: str = "siamese", params=None, device
     timings = {"prealign": time.perf_counter() - t0}
     searcher = RotationalSearch(m, device=device)
     info: dict = {"method": method, "classes": int(k), "particles": int(n), "box": int(box), "work_box": int(m)}
+    scores: dict[int, np.ndarray] = {}
+
+    def pca(components: int) -> np.ndarray:  # principal components of the work images, each count computed once
+        if components not in scores:
+            scores[components] = pca_features(masked, components, seed=params.seed)
+        return scores[components]
+
     if n > k + 2:  # is there class structure at all? (a warning, not an error: the user decides)
-        structure = structure_test(pca_features(masked, STRUCTURE_COMPONENTS, seed=params.seed), k, seed=params.seed)
+        structure = structure_test(pca(STRUCTURE_COMPONENTS), k, seed=params.seed)
         info["structure"] = structure.as_dict()
         warn_if_unstructured(structure)
     found = yield from chosen.classify(masked, k, params, searcher=searcher, device=device, model=model, train=train,
-                                       checkpoint=checkpoint, resume=resume)
+                                       checkpoint=checkpoint, resume=resume, pca=pca)
     labels, a, o, features, trained = found.labels, found.angles, found.origins, found.features, found.model
     info.update(found.info)
     labels = order_by_size(labels, k)
