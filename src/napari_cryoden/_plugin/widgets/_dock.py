@@ -24,8 +24,11 @@ class ScrollingDock(Container):
     def fit_width(self) -> None:
         """As wide as the content needs (rows added to ``body`` after magicgui sized the scroll area count too),
         so the dock scrolls vertically and nothing is cut off at the right."""
-        bar = self.native.verticalScrollBar().sizeHint().width()
-        self.native.setMinimumWidth(self.body.minimumSizeHint().width() + bar + 4)
+        try:
+            bar = self.native.verticalScrollBar().sizeHint().width()
+            self.native.setMinimumWidth(self.body.minimumSizeHint().width() + bar + 4)
+        except RuntimeError:  # closed before the first event loop turn: nothing to size
+            pass
 
     @property
     def native(self):
