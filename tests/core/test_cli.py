@@ -446,6 +446,20 @@ def test_bad_input_exits_2_and_leaves_nothing(capsys, tmp_path, case):
     assert not list(tmp_path.rglob("*.part"))
 
 
+def test_class_fractions_make_unbalanced_classes_and_a_wrong_count_exits_2(capsys, tmp_path):
+    ok(capsys, "simulate", "particles", "-o", tmp_path / "p.mrcs", "-n", "40", "--box", "24", "--views", "0,0;0,90",
+       "--class-fractions", "3,1", "--seed", "1")
+    counts = read_star(tmp_path / "p.star").particles["rlnClassNumber"].value_counts().sort_index().tolist()
+    assert counts == [30, 10]
+    rc, _, err = run(capsys, "simulate", "particles", "-o", tmp_path / "q.mrcs", "-n", "40", "--box", "24",
+                     "--views", "0,0;0,90", "--class-fractions", "1,1,1")
+    assert rc == 2
+    assert_one_error_line(err, naming=None, problem="--class-fractions")
+    assert not (tmp_path / "q.mrcs").exists()
+    rc, _, err = run(capsys, "simulate", "particles", "-o", tmp_path / "q.mrcs", "--class-fractions", "1,-1")
+    assert rc == 2 and "--class-fractions" in err
+
+
 def test_bad_views_text(capsys, tmp_path):
     rc, _, err = run(capsys, "simulate", "particles", "-o", tmp_path / "x.mrcs", "--views", "0;abc")
     assert rc == 2

@@ -169,3 +169,21 @@ def test_save_round_trip(tmp_path, builtin_map):
     np.testing.assert_allclose(table.particles["rlnAnglePsi"], sim.angles, atol=1e-5)
     assert read_mrc(files["stack"]).voxel_size[-1] == pytest.approx(builtin_map.pixel_size, rel=1e-5)
     assert read_mrc(files["clean"]).is_stack
+
+
+def test_class_fractions_give_unbalanced_classes(builtin_map, rng):
+    other = gaussian_filter(rng.normal(size=(40, 40, 40)), 2).astype(np.float32)
+    sim = simulate_particles([builtin_map.data, other], voxel_size=[builtin_map.pixel_size, 4.23], n_particles=103,
+                             box=32, class_views=((0, 0), (0, 90)), class_fractions=[0.5, 0.25, 0.15, 0.10],
+                             snr=None, seed=0)
+    counts = np.bincount(sim.classes, minlength=4)
+    assert counts.sum() == 103 and np.all(np.abs(counts - np.array([51.5, 25.75, 15.45, 10.3])) < 1)
+    assert len(np.unique(sim.classes[:20])) > 1  # shuffled, not in blocks
+    # unnormalised shares mean the same; None keeps classes equal
+    again = simulate_particles([builtin_map.data, other], voxel_size=[builtin_map.pixel_size, 4.23], n_particles=103,
+                               box=32, class_views=((0, 0), (0, 90)), class_fractions=[5, 2.5, 1.5, 1.0], snr=None,
+                               seed=0)
+    np.testing.assert_array_equal(again.classes, sim.classes)
+    with pytest.raises(ValueError, match="one per class"):
+        simulate_particles(builtin_map.data, voxel_size=builtin_map.pixel_size, n_particles=10, box=32,
+                           class_views=((0, 0), (0, 90)), class_fractions=[1.0], snr=None)

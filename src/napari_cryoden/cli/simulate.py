@@ -11,6 +11,19 @@ from ..errors import CryodenInputError, CryodenOutputError
 from ._common import add_overwrite, check_outputs, load_maps, parse_views, positive_float, positive_int
 
 
+def parse_fractions(text: str) -> list[float]:
+    """'0.5,0.3,0.2' -> [0.5, 0.3, 0.2] (argparse type: a bad value is a usage error naming the option)."""
+    import argparse
+
+    try:
+        values = [float(v) for v in text.split(",")]
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(f"expected comma-separated numbers, got {text!r}") from exc
+    if not values or any(not np.isfinite(v) or v < 0 for v in values) or sum(values) <= 0:
+        raise argparse.ArgumentTypeError(f"expected non-negative numbers with a positive sum, got {text!r}")
+    return values
+
+
 def cmd_simulate_particles(args) -> int:
     from ..simulate import CTFParams, simulate_particles
 
@@ -18,6 +31,12 @@ def cmd_simulate_particles(args) -> int:
     star = Path(args.star) if args.star else out.with_suffix(".star")
     check_outputs((out, star, args.clean, args.references), inputs=list(args.map or []), overwrite=args.overwrite)
     maps = load_maps(args.map)
+    views = parse_views(args.views)
+    n_classes = len(maps) * (len(views) if views else 1)
+    if args.class_fractions is not None and len(args.class_fractions) != n_classes:
+        raise CryodenInputError(None, f"--class-fractions gives {len(args.class_fractions)} values but there are "
+                                      f"{n_classes} classes ({len(maps)} map(s) x {len(views) if views else 1} "
+                                      "view(s)); give one share per class")
     from tqdm import tqdm
 
     # Random views need one 3D projection per particle: the slow part, so it gets the bar.
@@ -25,7 +44,8 @@ def cmd_simulate_particles(args) -> int:
               disable=bool(args.views) or args.quiet) as bar:
         sim = simulate_particles(
             [m.data for m in maps], voxel_size=[m.pixel_size for m in maps], n_particles=args.n, box=args.box,
-            pixel_size=args.pixel_size, class_views=parse_views(args.views), rotate=not args.no_rotation,
+            pixel_size=args.pixel_size, class_views=views,
+            class_fractions=args.class_fractions, rotate=not args.no_rotation,
             max_shift=args.max_shift, integer_shifts=args.integer_shifts,
             ctf=CTFParams(voltage=args.voltage, cs=args.cs, amplitude_contrast=args.amplitude_contrast,
                           b_factor=args.b_factor),
@@ -110,6 +130,9 @@ def register(commands: dict) -> None:
     p.add_argument("--pixel-size", type=positive_float, help="Å per pixel (default: the map's voxel size)")
     p.add_argument("--views", help="fixed views 'rot,tilt;rot,tilt' (degrees): each (map, view) is a class; "
                                    "default: random views, one class per map")
+    p.add_argument("--class-fractions", type=parse_fractions, metavar="F,F,...",
+                   help="share of the particles in each class, in the order maps x views (e.g. 0.5,0.3,0.2; "
+                        "normalised to sum 1); default: classes of equal size")
     p.add_argument("--no-rotation", action="store_true", help="no random in-plane rotation")
     p.add_argument("--max-shift", type=float, default=5.0, help="origins ~ U(-S, S) pixels (default 5)")
     p.add_argument("--integer-shifts", action="store_true")

@@ -158,8 +158,19 @@ def _finish(references: np.ndarray, classes: np.ndarray, views: np.ndarray, *, p
                               table=ParticleTable(particles=particles, optics=optics), snr=snr)
 
 
-def _balanced_classes(n: int, k: int, rng: np.random.Generator) -> np.ndarray:
-    return rng.permutation(np.arange(n) % k)
+def _balanced_classes(n: int, k: int, rng: np.random.Generator, fractions: Sequence[float] | None = None
+                      ) -> np.ndarray:
+    """(n,) class of each particle in random order: equal counts (±1), or counts in proportion to ``fractions``
+    (k non-negative values, normalised to sum 1; rounding goes to the largest remainders)."""
+    if fractions is None:
+        return rng.permutation(np.arange(n) % k)
+    f = np.asarray(fractions, dtype=np.float64)
+    if f.shape != (k,) or not np.all(np.isfinite(f)) or np.any(f < 0) or f.sum() <= 0:
+        raise ValueError(f"class_fractions must be {k} non-negative numbers (one per class), got {list(fractions)}")
+    share = f / f.sum() * n
+    counts = np.floor(share).astype(np.int64)
+    counts[np.argsort(counts - share, kind="stable")[: n - counts.sum()]] += 1
+    return rng.permutation(np.repeat(np.arange(k), counts))
 
 
 def simulate_particles(maps, **kwargs) -> SimulatedParticles:
@@ -171,7 +182,8 @@ def simulate_particles(maps, **kwargs) -> SimulatedParticles:
 
 def iter_simulate_particles(maps: np.ndarray | Sequence[np.ndarray], *, voxel_size: float | Sequence[float],
                        n_particles: int = 200, box: int = 64, pixel_size: float | None = None,
-                       class_views: Sequence[tuple[float, float]] | None = None, rotate: bool = True,
+                       class_views: Sequence[tuple[float, float]] | None = None,
+                       class_fractions: Sequence[float] | None = None, rotate: bool = True,
                        max_shift: float = 5.0, integer_shifts: bool = False, ctf: CTFParams | None = None,
                        ctf_mode: str = "none", defocus_range: tuple[float, float] = (10000.0, 25000.0),
                        snr: float | None = 0.1, mask_radius: float | None = None,
@@ -192,6 +204,9 @@ def iter_simulate_particles(maps: np.ndarray | Sequence[np.ndarray], *, voxel_si
     class_views
         Fixed (rot, tilt) view directions in degrees: every (map, view) pair becomes one class. When None,
         each particle gets a uniformly random view and classes are the maps.
+    class_fractions
+        Share of the particles in each class (one value per class, in the order maps × views; normalised to
+        sum 1); None for classes of equal size.
     rotate
         Random in-plane rotation psi ~ U(0, 360) degrees.
     max_shift, integer_shifts
@@ -221,12 +236,12 @@ def iter_simulate_particles(maps: np.ndarray | Sequence[np.ndarray], *, voxel_si
 
     if class_views is not None:
         specs = [(i, float(r), float(t)) for i in range(len(volumes)) for (r, t) in class_views]
-        classes = _balanced_classes(n_particles, len(specs), rng)
+        classes = _balanced_classes(n_particles, len(specs), rng, class_fractions)
         references = np.stack([project_map(volumes[i], rot=r, tilt=t, psi=0.0)[0] for i, r, t in specs])
         views = np.array([[specs[c][1], specs[c][2]] for c in classes])
         per_particle = None
     else:
-        classes = _balanced_classes(n_particles, len(volumes), rng)
+        classes = _balanced_classes(n_particles, len(volumes), rng, class_fractions)
         rot, tilt = random_views(n_particles, rng)
         views = np.stack([rot, tilt], axis=1)
         per_particle = np.empty((n_particles, box, box), dtype=np.float32)
