@@ -230,3 +230,47 @@ def test_same_seed_same_labels(noisy_sim):
     b = cluster(images, 3, method="siamese", params=p, averages=False)
     assert np.array_equal(a.labels, b.labels)
     assert np.allclose(a.features, b.features)
+
+
+def test_a_k_range_prealigns_once_and_each_k_matches_its_own_run(clean_sim, monkeypatch):
+    import warnings
+
+    from napari_cryoden.cluster import iter_cluster_range, pipeline
+    from napari_cryoden.cluster.structure import NoStructureWarning
+
+    images, truth, _ = clean_sim
+    params = PCAKMeansParams(prealign_iterations=2)
+    calls = []
+    original = pipeline.iter_prealign
+
+    def counted(*a, **kw):
+        calls.append(1)
+        return (yield from original(*a, **kw))
+
+    monkeypatch.setattr(pipeline, "iter_prealign", counted)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", NoStructureWarning)  # K = 2 does not fit three views: said, not failed
+        best = run(iter_cluster_range(images, [2, 3, 4], method="pca-kmeans", params=params, averages=False))
+    assert len(calls) == 1  # not once per K
+    assert best.k == 3 and adjusted_rand_index(truth, best.labels) > 0.95
+    alone = cluster(images, 3, method="pca-kmeans", params=params, averages=False)
+    assert len(calls) == 2
+    np.testing.assert_array_equal(alone.labels, best.labels)  # the shared start is the same start
+    assert best.info["seconds"]["prealign"] > 0
+
+
+def test_a_memory_mapped_stack_is_clustered_in_chunks_without_a_copy(clean_sim, tmp_path, monkeypatch):
+    from napari_cryoden.cluster import pipeline
+    from napari_cryoden.io.mrc import read_mrc, write_mrc
+
+    images, truth, _ = clean_sim
+    write_mrc(tmp_path / "s.mrcs", images, voxel_size=2.0, is_stack=True)
+    stack = read_mrc(tmp_path / "s.mrcs", mmap=True).data
+    assert np.shares_memory(pipeline._read_all(stack), stack)  # kept on disk, not read whole
+    monkeypatch.setattr(pipeline, "WORK_CHUNK", 7)  # many partial chunks, one ragged
+    params = PCAKMeansParams(prealign_iterations=2)
+    chunked = cluster(stack, 3, method="pca-kmeans", params=params, averages=True)
+    whole = work_images(images, work_box=params.work_box, mask_fraction=None)
+    np.testing.assert_allclose(pipeline._work_images(stack, params.work_box), whole, atol=1e-5)
+    assert adjusted_rand_index(truth, chunked.labels) > 0.95
+    assert chunked.averages.averages.shape == (3, BOX, BOX)

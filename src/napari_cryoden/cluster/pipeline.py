@@ -68,11 +68,35 @@ class ClusterResult:
         return np.bincount(self.labels, minlength=self.k)
 
 
+def _count(images) -> int:
+    return len(images) if hasattr(images, "read") and hasattr(images, "box") else len(_read_all(images))
+
+
 def _read_all(images) -> np.ndarray:
+    """The particles as an (n, N, N) array: a particle source (STAR) is read; an array or memory map is kept as
+    it is (float32 memory maps are not copied, so class averages read them batch by batch)."""
     if hasattr(images, "read") and hasattr(images, "box"):
         return images.read(0, len(images))
-    x = np.asarray(images, dtype=np.float32)
+    x = np.asarray(images)
+    x = x if x.dtype == np.float32 else x.astype(np.float32)
     return x[None] if x.ndim == 2 else x
+
+
+#: Particles read and Fourier-cropped at a time: the work images of 10^5 particles of 64² then need ~0.4 GB,
+#: not the ~5 GB of one FFT over the whole stack.
+WORK_CHUNK = 4096
+
+
+def _work_images(x: np.ndarray, work_box: int) -> np.ndarray:
+    """:func:`work_images` (no mask) of (n, N, N) particles computed chunk by chunk (memory maps stay on disk)."""
+    n, box = x.shape[0], x.shape[-1]
+    m = min(box, work_box)
+    out = np.empty((n, m, m), np.float32)
+    for start in range(0, n, WORK_CHUNK):
+        stop = min(n, start + WORK_CHUNK)
+        out[start:stop] = work_images(np.asarray(x[start:stop], dtype=np.float32), work_box=work_box,
+                                      mask_fraction=None)
+    return out
 
 
 def silhouette(features: np.ndarray, labels: np.ndarray, *, seed: int = 0, sample: int = 3000) -> float:
@@ -84,10 +108,36 @@ def silhouette(features: np.ndarray, labels: np.ndarray, *, seed: int = 0, sampl
     return float(silhouette_score(features, labels, sample_size=min(sample, len(labels)), random_state=seed))
 
 
+@dataclass(frozen=True)
+class _FrontEnd:
+    """What every clustering method starts from: the pre-alignment of the Fourier-cropped particles and the
+    masked, pre-aligned work images; ``seconds`` it took and the settings it was computed with (``key``)."""
+
+    prealignment: object
+    masked: np.ndarray
+    seconds: float
+    key: tuple
+
+
+def iter_front_end(x, *, work_box: int, params, device="cpu") -> Generator[ProgressEvent, None, _FrontEnd]:
+    """Work images and their classical pre-alignment (the K-independent start of :func:`iter_cluster`)."""
+    t0 = time.perf_counter()
+    work = _work_images(x, work_box)
+    m = work.shape[-1]
+    pre = yield from iter_prealign(work, box=x.shape[-1], iterations=params.prealign_iterations,
+                                   max_shift=getattr(params, "max_shift", 0.0), seed=params.seed, device=device)
+    return _FrontEnd(pre, work_images(pre.aligned, work_box=m), time.perf_counter() - t0,
+                     _front_key(work_box, params))
+
+
+def _front_key(work_box: int, params) -> tuple:
+    return work_box, params.prealign_iterations, getattr(params, "max_shift", 0.0), params.seed
+
+
 def iter_cluster(images, k: int, *, method: str = "siamese", params=None, device="cpu",
                  model: ModelFile | None = None, train: bool = True, averages: bool = True,
-                 refine_averages: bool = True, checkpoint=None,
-                 resume: bool = False) -> Generator[ProgressEvent, None, ClusterResult]:
+                 refine_averages: bool = True, checkpoint=None, resume: bool = False,
+                 front_end: _FrontEnd | None = None) -> Generator[ProgressEvent, None, ClusterResult]:
     """Cluster (n, N, N) particles (array, memory map or particle source) into ``k`` classes.
 
     Parameters
@@ -107,6 +157,9 @@ def iter_cluster(images, k: int, *, method: str = "siamese", params=None, device
     checkpoint, resume
         ``siamese``: a :class:`~napari_cryoden.checkpoint.Checkpointer` the encoder's training state is saved to
         between rounds, and whether to continue from it (pre-alignment is seeded and simply redone).
+    front_end
+        The pre-aligned work images of these particles from :func:`iter_front_end` with the same settings (a
+        K range computes them once); None computes them.
 
     Yields progress events; returns a :class:`ClusterResult`.
     """
@@ -125,11 +178,15 @@ def iter_cluster(images, k: int, *, method: str = "siamese", params=None, device
         raise CryodenInputError(None, f"the number of classes must be between 2 and the number of particles "
                                       f"({n}), got {k}" + ("; clustering needs at least 2 particles" if n < 2 else ""))
     work_box = model.config["work_box"] if model is not None else params.work_box
-    work = work_images(x, work_box=work_box, mask_fraction=None)
-    m = work.shape[-1]
-    pre = yield from iter_prealign(work, box=box, iterations=params.prealign_iterations,
-                                   max_shift=getattr(params, "max_shift", 0.0), seed=params.seed, device=device)
-    masked = work_images(pre.aligned, work_box=m)
+    handed_in = front_end is not None
+    if front_end is None:
+        front_end = yield from iter_front_end(x, work_box=work_box, params=params, device=device)
+    elif front_end.key != _front_key(work_box, params):
+        raise ValueError("front_end was computed with other settings")
+    pre, masked = front_end.prealignment, front_end.masked
+    m = masked.shape[-1]
+    # A front end handed in (a K range) was computed once before: its time is reported but not re-spent.
+    t0 -= front_end.seconds if handed_in else 0.0
     timings = {"prealign": time.perf_counter() - t0}
     searcher = RotationalSearch(m, device=device)
     info: dict = {"method": method, "classes": int(k), "particles": int(n), "box": int(box), "work_box": int(m)}
@@ -173,9 +230,16 @@ def iter_cluster_range(images, ks: Sequence[int], **kwargs) -> Generator[Progres
     refine = kwargs.pop("refine_averages", True)
     best, scores = None, {}
     checkpoint = kwargs.pop("checkpoint", None)
+    front = None
     for k in ks:
         part = checkpoint.part(f"k{int(k)}") if checkpoint is not None else None  # one training per K
-        res = yield from iter_cluster(images, int(k), averages=False, checkpoint=part, **kwargs)
+        if front is None and len(ks) > 1 and 2 <= int(k) <= _count(images):  # the pre-alignment is K-independent
+            chosen = methods()[kwargs.get("method", "siamese")]
+            params = validate(kwargs.get("params") or chosen.params())
+            model = kwargs.get("model")
+            front = yield from iter_front_end(_read_all(images), device=kwargs.get("device", "cpu"), params=params,
+                                              work_box=model.config["work_box"] if model is not None else params.work_box)
+        res = yield from iter_cluster(images, int(k), averages=False, checkpoint=part, front_end=front, **kwargs)
         scores[int(k)] = res.info["silhouette"]
         if best is None or scores[int(k)] > best.info["silhouette"]:
             best = res
