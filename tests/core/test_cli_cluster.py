@@ -114,6 +114,23 @@ def test_bad_inputs_exit_2_naming_the_file(data, capsys, tmp_path):
     assert rc == 2
 
 
+def test_a_star_of_mixed_box_sizes_exits_2_naming_it_and_writes_nothing(data, capsys, tmp_path):
+    tmp, sim = data
+    from napari_cryoden.io.mrc import write_mrc
+
+    write_mrc(tmp_path / "small.mrcs", sim.images[:10, 4:-4, 4:-4], voxel_size=sim.pixel_size, is_stack=True)
+    write_mrc(tmp_path / "big.mrcs", sim.images[10:20], voxel_size=sim.pixel_size, is_stack=True)
+    star = starfile.read(tmp / "truth.star", always_dict=True)
+    particles = star["particles"].iloc[:20].copy()
+    particles["rlnImageName"] = [f"{i % 10 + 1:06d}@{'small' if i < 10 else 'big'}.mrcs" for i in range(20)]
+    starfile.write({"optics": star["optics"], "particles": particles}, tmp_path / "mixed.star")
+    before = {p.name for p in tmp_path.iterdir()}
+    rc, _, err = run(capsys, "cluster", tmp_path / "mixed.star", "-o", tmp_path / "o.star", "--classes", 2,
+                     "--method", "pca-kmeans")
+    assert rc == 2 and "mixed.star" in err and "box" in err and err.count("\n") == 1
+    assert {p.name for p in tmp_path.iterdir()} == before
+
+
 def test_cluster_batch_over_a_folder_is_resumable_and_reports_bad_files(data, capsys, tmp_path):
     tmp, sim = data
     folder = tmp_path / "stacks"
