@@ -172,6 +172,9 @@ class TrainedDenoiser:
     voxel_size: tuple | None = None
     #: The noise correlation measured on the training data (:meth:`NoiseCorrelation.to_dict`), or None.
     noise_correlation: dict | None = None
+    #: A single-pass network distilled from ``net``'s averaged prediction (Self2Self), or None (models saved
+    #: before, or trained without distillation): prediction then averages ``net``'s masked passes.
+    student: UNet | None = None
 
     def describe_noise(self) -> str | None:
         """The measured noise correlation in one line (with the mask block the model uses, for Self2Self),
@@ -188,14 +191,17 @@ class TrainedDenoiser:
         return noise.describe(block=parsed)
 
     def to_model_file(self) -> ModelFile:
+        extra = {"history": list(self.history), "optimizer": self.optimizer_state or {},
+                 "voxel_size": list(self.voxel_size) if self.voxel_size else [],
+                 "noise_correlation": dict(self.noise_correlation or {})}
+        if self.student is not None:
+            extra["student"] = {"net": self.student.config.to_dict(), "state_dict": to_cpu(self.student.state_dict())}
         return ModelFile(
             kind=f"denoise/{self.method}",
             config={"method": self.method, "params": as_dict(self.params), "net": self.net_config.to_dict()},
             state_dict=self.net.state_dict(),
             normalization=self.normalization.to_dict(),
-            extra={"history": list(self.history), "optimizer": self.optimizer_state or {},
-                   "voxel_size": list(self.voxel_size) if self.voxel_size else [],
-                   "noise_correlation": dict(self.noise_correlation or {})},
+            extra=extra,
         )
 
     @classmethod
@@ -207,12 +213,19 @@ class TrainedDenoiser:
         net_config = UNetConfig(**model.config["net"])
         net = UNet(net_config)
         net.load_state_dict(model.state_dict)
+        student = None
+        saved_student = model.extra.get("student") or None  # absent from files saved before distillation
+        if saved_student:
+            student = UNet(UNetConfig(**saved_student["net"]))
+            student.load_state_dict(saved_student["state_dict"])
+            student.eval()
         return cls(method=method, params=params, net_config=net_config, net=net,
                    normalization=Normalization.from_dict(model.normalization),
                    history=list(model.extra.get("history", [])),
                    optimizer_state=model.extra.get("optimizer") or None,
                    voxel_size=tuple(model.extra.get("voxel_size") or ()) or None,
-                   noise_correlation=model.extra.get("noise_correlation") or None)
+                   noise_correlation=model.extra.get("noise_correlation") or None,
+                   student=student)
 
     @classmethod
     def load(cls, path) -> TrainedDenoiser:
@@ -369,15 +382,40 @@ class SelfSupervisedMethod(DenoiseMethod):
         """Denoised (b, 1, *spatial) from normalised, padded tiles ``x`` (b, n_sources, *spatial)."""
         raise NotImplementedError
 
+    def predict_single(self, net: UNet, x: torch.Tensor, params: EngineParams, *,
+                       device: torch.device) -> torch.Tensor:
+        """Denoised (b, 1, *spatial) from tiles ``x`` in one deterministic pass of ``net`` (a distilled student,
+        or the trained network on the whole input); only for methods whose :meth:`single_pass` can say yes."""
+        raise NotImplementedError
+
+    def single_pass(self, model: TrainedDenoiser, n_predictions: int | None) -> UNet | None:
+        """The network :meth:`predict` runs once per tile instead of averaging :meth:`predict_batch`'s passes,
+        or None to average them (the default; an explicit ``n_predictions`` always averages)."""
+        return None
+
+    def distill_share(self, params: EngineParams) -> float:
+        """The share of a training time budget kept for :meth:`distill` after the main loop (0: none)."""
+        return 0.0
+
+    def distill(self, net: UNet, sampler: PatchSampler, params: EngineParams, *, dev: torch.device,
+                generator: torch.Generator, time_budget: float | None,
+                is_main: bool) -> Generator[ProgressEvent, None, UNet | None]:
+        """After training: a single-pass network distilled from ``net``'s averaged prediction, or None (the
+        default). ``time_budget``: seconds it may take at most (None: its steps only)."""
+        return None
+        yield  # a generator that yields nothing
+
     # --------------------------------------------------------------------------------- shared engine
     def tile_predictor(self, net: UNet, params: EngineParams, norm: Normalization, dev: torch.device,
-                       generator: torch.Generator, *, n_predictions: int | None = None):
-        """A function (b, c, tz, ty, tx) raw tiles -> (b, tz, ty, tx) denoised tiles in input units."""
+                       generator: torch.Generator, *, n_predictions: int | None = None, single: bool = False):
+        """A function (b, c, tz, ty, tx) raw tiles -> (b, tz, ty, tx) denoised tiles in input units
+        (``single``: one deterministic pass of ``net`` per tile, :meth:`predict_single`)."""
         n_pred = n_predictions or params.n_predictions
         dims = net.config.dims
-        use_dropout = self.use_dropout(params, n_pred)
+        use_dropout = self.use_dropout(params, n_pred) and not single
 
-        @torch.no_grad()
+        # inference_mode: no autograd bookkeeping at all (no_grad still tracks versions and views).
+        @torch.inference_mode()
         def predict(tiles: np.ndarray) -> np.ndarray:
             _enable_dropout(net, use_dropout)
             x = torch.from_numpy(np.ascontiguousarray(norm.apply(tiles), dtype=np.float32))
@@ -385,7 +423,10 @@ class SelfSupervisedMethod(DenoiseMethod):
             if dims == 2:  # tiles (b, c, 1, y, x) -> (b, c, y, x)
                 x = x[:, :, 0]
             x, pads = _pad_to_multiple(x, net.config.multiple)
-            y = self.predict_batch(net, x, params, n_predictions=n_pred, generator=generator, device=dev)
+            if single:
+                y = self.predict_single(net, x, params, device=dev)
+            else:
+                y = self.predict_batch(net, x, params, n_predictions=n_pred, generator=generator, device=dev)
             y = _unpad(y, pads)[:, 0]
             if dims == 2:
                 y = y[:, None]
@@ -498,11 +539,13 @@ class SelfSupervisedMethod(DenoiseMethod):
         net.train()
         clock = state.clock
         warned, first_done = False, None
-        while not distributed.agree(state.step >= total_steps or (budget is not None and clock.elapsed >= budget),
-                                    ctx):
+        # With a time budget, a share of it is kept for the distillation after the loop (Self2Self's student).
+        main_budget = budget * (1.0 - self.distill_share(params)) if budget is not None else None
+        while not distributed.agree(state.step >= total_steps or
+                                    (main_budget is not None and clock.elapsed >= main_budget), ctx):
             progress = state.step / total_steps
-            if budget is not None:
-                progress = max(progress, clock.elapsed / budget)
+            if main_budget is not None:
+                progress = max(progress, clock.elapsed / main_budget)
             lr = _learning_rate(params, progress)
             for group in optimizer.param_groups:
                 group["lr"] = lr
@@ -510,14 +553,14 @@ class SelfSupervisedMethod(DenoiseMethod):
             state.step += 1
             state.running = value if state.running is None else 0.95 * state.running + 0.05 * value
             state.history.append(value)
-            if budget is not None and not warned:
+            if main_budget is not None and not warned:
                 # After two steps past the first (which pays the one-off set-up), say plainly when the budget
                 # cannot buy a meaningful training: the result would be little more than the input smoothing.
                 if first_done is None:
                     first_done = (state.step, time.perf_counter())
                 elif state.step - first_done[0] >= 2:
                     per_step = (time.perf_counter() - first_done[1]) / (state.step - first_done[0])
-                    expected = state.step + max(0.0, budget - clock.elapsed) / per_step
+                    expected = state.step + max(0.0, main_budget - clock.elapsed) / per_step
                     warned = True
                     if expected < MEANINGFUL_STEPS and ctx.is_main:
                         warnings.warn(
@@ -535,11 +578,16 @@ class SelfSupervisedMethod(DenoiseMethod):
                               preview_origin=preview_origin)
         net = distributed.unwrap(net)
         net.eval()
+        left = None if budget is None else max(0.0, budget - clock.elapsed)
+        student = yield from self.distill(net, sampler, params, dev=dev, generator=generator, time_budget=left,
+                                          is_main=ctx.is_main)
+        net.eval()
         return TrainedDenoiser(method=self.name, params=params, net_config=net_config, net=net.cpu(),
                                normalization=norm, history=state.history,
                                optimizer_state=to_cpu(optimizer.state_dict()),
                                voxel_size=tuple(voxel_size) if voxel_size is not None else None,
-                               noise_correlation=noise.to_dict() if noise is not None else None)
+                               noise_correlation=noise.to_dict() if noise is not None else None,
+                               student=student.cpu() if student is not None else None)
 
     def predict(self, model: TrainedDenoiser, data: np.ndarray, *, is_stack: bool = False,
                 half2: np.ndarray | None = None, out=None, seed: int = 0, device: str | torch.device = "auto",
@@ -554,12 +602,15 @@ class SelfSupervisedMethod(DenoiseMethod):
             raise CryodenInputError(None, f"the model is {model.net_config.dims}D but the data needs a {dims}D model")
         sources = self.prediction_sources(vol, half2, is_stack=is_stack)
         dev = resolve_device(device, need_fft=self.needs_fft)
-        net = model.net.to_device(dev)
+        single = self.single_pass(model, n_predictions)
+        used = single if single is not None else model.net
+        net = used.to_device(dev)
         torch.manual_seed(seed + 7919)  # dropout draws from the global generator
         generator = torch.Generator(device="cpu").manual_seed(seed + 7919)
         predict = self.tile_predictor(net, model.params, model.normalization, dev, generator,
-                                      n_predictions=n_predictions)
-        tile = choose_tile(vol.shape, dims, model.net_config, dev, tile_size or model.params.tile_size)
+                                      n_predictions=n_predictions, single=single is not None)
+        tile = choose_tile(vol.shape, dims, model.net_config, dev, tile_size or model.params.tile_size,
+                           overlap=model.params.tile_overlap)
         overlap_side = model.params.tile_overlap
         target = out if out is not None else np.empty(vol.shape, dtype=np.float32)
         try:
@@ -579,7 +630,7 @@ class SelfSupervisedMethod(DenoiseMethod):
                     batch_size = 1
                     log.warning("out of memory; retrying with tiles of %s", tile)
         finally:  # also when cancelled: the model goes back to the host and the GPU memory is released
-            model.net.cpu()
+            used.cpu()
             if dev.type == "cuda":
                 torch.cuda.empty_cache()
         return result.reshape(np.shape(data)) if out is None else result
@@ -644,8 +695,11 @@ def _is_oom(exc: BaseException) -> bool:
 
 
 def choose_tile(shape: Sequence[int], dims: int, net_config: UNetConfig, dev: torch.device,
-                requested: int = 0) -> tuple[int, int, int]:
-    """Tile size: as asked, else the largest that fits a quarter of the free (GPU or host) memory."""
+                requested: int = 0, *, overlap: int = 0) -> tuple[int, int, int]:
+    """Tile size: as asked, else the tile that computes the fewest voxels in all (tiles × tile size, overlaps
+    counted twice) among those within the voxel count of a cube of the largest side that fits a quarter of
+    the free (GPU or host) memory. A volume that fits in one such tile is one tile; the cube alone would cut a
+    64×128×128 volume into four 64×96×96 tiles that compute 2.25× its voxels."""
     multiple = net_config.multiple
     if requested:
         side = max(multiple, requested - requested % multiple)
@@ -662,10 +716,31 @@ def choose_tile(shape: Sequence[int], dims: int, net_config: UNetConfig, dev: to
     if dims == 2:
         ty, tx = auto_tile(shape[1:], bytes_per_voxel=bytes_per_voxel, budget_bytes=free / 4, multiple=multiple,
                            max_tile=max_tile)
-        return (1, min(ty, shape[1]), min(tx, shape[2]))
-    t = auto_tile(shape, bytes_per_voxel=bytes_per_voxel, budget_bytes=free / 4, multiple=multiple,
-                  max_tile=max_tile)
-    return tuple(min(a, s) for a, s in zip(t, shape))
+        cube = (ty, tx)
+        best = _fewest_voxels(tuple(shape[1:]), cube, multiple, overlap)
+        return (1, *best)
+    cube = auto_tile(shape, bytes_per_voxel=bytes_per_voxel, budget_bytes=free / 4, multiple=multiple,
+                     max_tile=max_tile)
+    return _fewest_voxels(tuple(shape), cube, multiple, overlap)
+
+
+def _fewest_voxels(shape: tuple[int, ...], cube: Sequence[int], multiple: int, overlap: int) -> tuple[int, ...]:
+    """Per-axis tile sides (multiples of ``multiple``, or the whole axis) of at most ``prod(cube)`` voxels that
+    compute the fewest voxels over the tiling of ``shape``; ties go to fewer tiles."""
+    from .tiling import tile_starts
+
+    cap = max(cube) ** len(shape)
+    step = max(multiple, 16) // multiple * multiple  # a coarse grid of sides keeps the search to milliseconds
+    options = [sorted({t for t in range(step, s, step)} | {s}) for s in shape]
+    best, best_key = tuple(min(c, s) for c, s in zip(cube, shape)), None  # the cube, if nothing is better
+    for sides in np.array(np.meshgrid(*options, indexing="ij")).reshape(len(shape), -1).T:
+        if int(np.prod(sides)) > cap:
+            continue
+        counts = [len(tile_starts(s, int(t), min(overlap, int(t) // 2))) for s, t in zip(shape, sides)]
+        key = (int(np.prod([c * int(t) for c, t in zip(counts, sides)])), int(np.prod(counts)))
+        if best_key is None or key < best_key:
+            best, best_key = tuple(int(t) for t in sides), key
+    return best
 
 
 # ------------------------------------------------------------------------------------ public functions

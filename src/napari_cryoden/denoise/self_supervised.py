@@ -16,6 +16,7 @@ the trained network; the shared training loop and tiled prediction are :class:`.
 
 from __future__ import annotations
 
+import copy
 import logging
 import math
 from dataclasses import dataclass, replace
@@ -26,7 +27,16 @@ import torch.nn.functional as F
 
 from ..errors import CryodenInputError
 from ..params import param
-from .engine import EngineParams, SelfSupervisedMethod, TrainedDenoiser, as_volume, autocast, centre_crop
+from ..progress import StageClock
+from .engine import (
+    EngineParams,
+    SelfSupervisedMethod,
+    TrainedDenoiser,
+    _enable_dropout,
+    as_volume,
+    autocast,
+    centre_crop,
+)
 from .masks import (
     apply_fourier_mask,
     bernoulli_mask,
@@ -50,6 +60,14 @@ class Self2SelfParams(EngineParams):
                                     min=0.05, max=0.95)
     mask_block: str = param("auto", "size (z,y,x) of the blocks dropped together, e.g. 7,1,1 for noise correlated "
                                     "over ±3 voxels along z; auto: measured from the data's noise correlation")
+    prediction: str = param("student", "how to predict: student (one pass of the network distilled from the "
+                                       "averaged masked passes after training; masked when the model has none), "
+                                       "masked (average n_predictions masked passes), or unmasked (one pass of the "
+                                       "trained network on the whole input)",
+                            choices=("student", "masked", "unmasked"))
+    distill_steps: int = param(25, "steps training the single-pass student on the averaged masked predictions of "
+                                   "training patches after training (0: no student); with a time budget, at most "
+                                   "a fifth of it", min=0, max=100000)
 
 
 def parse_mask_block(text: str, dims: int) -> tuple[int, ...]:
@@ -77,6 +95,17 @@ def blind_voxels(m: torch.Tensor, block) -> torch.Tensor:
     pool = F.max_pool3d if m.ndim == 5 else F.max_pool2d
     kept_nearby = pool(m, kernel_size=tuple(2 * r + 1 for r in radius), stride=1, padding=radius)
     return 1.0 - kept_nearby
+
+
+#: With a time budget, the share of it kept for distilling the student (the teacher trains for the rest).
+DISTILL_SHARE = 0.2
+#: The student's Adam learning rate (it starts as the teacher, so it needs only small steps).
+DISTILL_LEARNING_RATE = 2e-4
+
+
+def teacher_passes(keep_probability: float) -> int:
+    """The fewest stratified masked passes that drop every voxel at least once: ⌈1 / (1 − p)⌉ (4 for p = 0.7)."""
+    return max(1, math.ceil(1.0 / (1.0 - keep_probability) - 1e-9))
 
 
 class Self2Self(SelfSupervisedMethod):
@@ -128,6 +157,59 @@ class Self2Self(SelfSupervisedMethod):
             count += 1.0 - m
             fallback = out
         return torch.where(count > 0, total / count.clamp_min(1.0), fallback)
+
+    def predict_single(self, net, x, params: Self2SelfParams, *, device):
+        # The whole input, marked as kept: the student was trained on exactly this; the teacher never was.
+        x = x[:, :1]
+        with autocast(device):
+            return net(torch.cat([x, torch.ones_like(x)], dim=1)).float()
+
+    def single_pass(self, model: TrainedDenoiser, n_predictions):
+        mode = getattr(model.params, "prediction", "masked")
+        if n_predictions is not None or mode == "masked":
+            return None
+        if mode == "unmasked":
+            return model.net
+        return model.student  # None for a model without one (saved before, or distill_steps 0): masked passes
+
+    def distill_share(self, params) -> float:
+        return DISTILL_SHARE if getattr(params, "distill_steps", 0) > 0 else 0.0
+
+    def distill(self, net, sampler, params: Self2SelfParams, *, dev, generator, time_budget, is_main):
+        """Train a student U-Net, started as a copy of the teacher ``net``, to give in one pass on the unmasked
+        input what the teacher gives averaged over masked passes: targets are the teacher's averages over
+        :func:`teacher_passes` stratified masks (with its decoder dropout) on fresh training patches, the loss the
+        mean squared error over all voxels. The student has no dropout at prediction, so one pass is its
+        prediction. ``distill_steps`` steps, stopped early when ``time_budget`` seconds are spent."""
+        steps = int(getattr(params, "distill_steps", 0))
+        if steps <= 0:
+            return None
+        student = copy.deepcopy(net)
+        student.eval()  # no dropout: the student is deterministic (the network has no batch statistics)
+        optimizer = torch.optim.Adam(student.parameters(), lr=DISTILL_LEARNING_RATE)
+        passes = teacher_passes(params.keep_probability)
+        clock = StageClock("distill", steps, time_budget=time_budget)
+        patch = sampler.patch[1:] if sampler.dims == 2 else sampler.patch
+        for step in range(1, steps + 1):
+            if time_budget is not None and clock.elapsed >= time_budget:
+                log.info("distillation stopped by the time budget after %d of %d steps", step - 1, steps)
+                break
+            x = torch.from_numpy(sampler.sample(params.batch_size))
+            x = x.pin_memory().to(dev, non_blocking=True) if dev.type == "cuda" else x
+            x = centre_crop(x[:, :1], patch)
+            with torch.no_grad():
+                _enable_dropout(net, params.dropout > 0)
+                target = self.predict_batch(net, x, params, n_predictions=passes, generator=generator, device=dev)
+            with autocast(dev):
+                out = student(torch.cat([x, torch.ones_like(x)], dim=1))
+            loss = ((out.float() - target) ** 2).mean()
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            yield clock.event(step, loss=float(loss.detach()), device=str(dev))
+        net.eval()
+        student.eval()
+        return student
 
 
 # ---------------------------------------------------------------------------------------- Fourier N2N
