@@ -47,7 +47,14 @@ class ClassicalParams:
     symmetry: int = param(1, "in-plane symmetry order n: angles are found modulo 360/n", min=1, basic=True)
     angular_step: float = param(1.0, "step of the bank of rotated references (degrees); refined below it",
                                 min=0.05, max=10.0, unit="°")
-    n_candidates: int = param(3, "peaks of the amplitude correlation tried (each with +180°)", min=1, max=20)
+    search: str = param("exhaustive", "global angle search: 'exhaustive' scores every search_step on a half-resolution "
+                                      "grid by cross-correlation; 'polar' takes the peaks of the polar amplitude "
+                                      "correlation (faster, misses the angle more often at low SNR)",
+                        choices=("exhaustive", "polar"))
+    search_step: float = param(4.0, "exhaustive search: angle step on the half-resolution grid (degrees)",
+                               min=0.5, max=20.0, unit="°")
+    n_candidates: int = param(3, "polar search: peaks of the amplitude correlation tried (each with +180°)", min=1,
+                              max=20)
     climb_steps: int = param(4, "hill-climbing steps over the bank's neighbouring angles", min=0, max=50)
     iterations: int = param(15, "reference-free: at most this many passes over the stack", min=1, max=100)
     seed_images: int = param(1000, "reference-free: images in the bootstrap that starts the average", min=2)
@@ -55,6 +62,9 @@ class ClassicalParams:
                                  min=0.0, unit="°")
     split_halves: bool = param(True, "reference-free: align the even particles to the odd ones' average and the "
                                      "odd to the even (no particle sees its own noise in its reference)")
+    frc_weighting: bool = param(True, "reference-free (split halves): weight every frequency of the half "
+                                      "references by the Fourier ring correlation between them, a Wiener filter "
+                                      "that drops the rings where the halves share no signal")
     batch_size: int = param(512, "particles per batch", min=1)
     structure_check: bool = param(True, "reference-free: also align phase-randomised copies of up to 200 particles "
                                         "(same power spectrum, no common signal) and warn when the particles "
@@ -308,6 +318,32 @@ class ClassicalAligner:
         cc = torch.fft.irfft2(fw_coarse * torch.conj(self.coarse_bank[bank_index]), s=(m, m))
         return self.coarse_shifts.peak(cc, subpixel=False)[0] / self.coarse_norm[bank_index]
 
+    def exhaustive_search(self, fw: torch.Tensor) -> torch.Tensor:
+        """(n,) bank index of the highest half-resolution correlation peak over angles every ``search_step``
+        degrees across one symmetry period (360°/n): a global search that cannot miss a peak the polar
+        amplitudes do not show."""
+        n_bank = self.ref.bank.shape[0]
+        stride = max(1, int(round(self.params.search_step / self.ref.step)))
+        period = n_bank // self.params.symmetry if n_bank % self.params.symmetry == 0 else n_bank
+        grid = torch.arange(0, period, stride, device=self.device)
+        fwc = self._crop(fw)
+        m = self.coarse_box
+        scores = []
+        chunk = max(1, 8192 // max(1, fw.shape[0]))  # bounds the (n, chunk, m, m) correlation block
+        for j in range(0, len(grid), chunk):
+            g = grid[j : j + chunk]
+            cc = torch.fft.irfft2(fwc[:, None] * torch.conj(self.coarse_bank[g])[None], s=(m, m))
+            scores.append((cc + self.coarse_shifts.penalty).amax((-2, -1)) / self.coarse_norm[g][None])
+        return grid[torch.cat(scores, 1).argmax(1)]
+
+    def _best_candidate(self, fw: torch.Tensor, cand_idx: torch.Tensor) -> torch.Tensor:
+        """(n,) the bank index of (n, m) candidates whose half-resolution correlation peak is highest."""
+        if cand_idx.shape[1] == 1:
+            return cand_idx[:, 0]
+        fw_coarse = self._crop(fw)
+        values = torch.stack([self._coarse_score(fw_coarse, cand_idx[:, j]) for j in range(cand_idx.shape[1])], 1)
+        return cand_idx.gather(1, values.argmax(1, keepdim=True))[:, 0]
+
     def angle_candidates(self, amp: torch.Tensor) -> torch.Tensor:
         """(n, 2 k) candidate angles in degrees from the polar amplitude correlation (k peaks, each ±180°)."""
         corr = angular_correlation(self.sampler(amp), self.ref.polar)
@@ -328,20 +364,18 @@ class ClassicalAligner:
         n = x.shape[0]
         ctf_t = None if ctf is None else _to_tensor(ctf, self.device)
         f, fw, amp, norm = self._spectra(x, ctf_t)
-        if angle_guess is None:
-            cand = self.angle_candidates(amp)
-        else:
-            g = _to_tensor(np.asarray(angle_guess, dtype=np.float32), self.device).reshape(n, -1)
-            cand = torch.cat([g, g + 180.0], dim=1)
         step = self.ref.step
         n_bank = self.ref.bank.shape[0]
-        cand_idx = torch.remainder(torch.round(cand / step).long(), n_bank)
-        if cand_idx.shape[1] > 1:
-            fw_coarse = self._crop(fw)
-            values = torch.stack([self._coarse_score(fw_coarse, cand_idx[:, j]) for j in range(cand_idx.shape[1])], 1)
-            idx = cand_idx.gather(1, values.argmax(1, keepdim=True))[:, 0]
+        if angle_guess is None and self.params.search == "exhaustive":
+            idx = self.exhaustive_search(fw)
         else:
-            idx = cand_idx[:, 0]
+            if angle_guess is None:
+                cand = self.angle_candidates(amp)
+            else:
+                g = _to_tensor(np.asarray(angle_guess, dtype=np.float32), self.device).reshape(n, -1)
+                cand = torch.cat([g, g + 180.0], dim=1)
+            cand_idx = torch.remainder(torch.round(cand / step).long(), n_bank)
+            idx = self._best_candidate(fw, cand_idx)
         # Hill-climb over neighbouring bank angles (one new correlation per step, in the direction moved).
         centre = self._score_at(fw, idx)[0]
         left = self._score_at(fw, (idx - 1) % n_bank)[0]
@@ -573,9 +607,45 @@ def _set_half_references(aligner: ClassicalAligner, odd_aligner: ClassicalAligne
     odd_aligner.set_reference(ref_even)
     a, o, _ = odd_aligner.align_batch(symmetrize(ref_odd, params.symmetry)[None])
     ref_odd = symmetrize(align_images(ref_odd[None], angles=a, shifts=o)[0].astype(np.float32), params.symmetry)
+    common = (0.5 * (ref_even + ref_odd)).astype(np.float32)
+    if params.frc_weighting:
+        weight = frc_weight(ref_even, ref_odd)
+        ref_even, ref_odd = (filter_rings(r, weight) for r in (ref_even, ref_odd))
     aligner.set_reference(ref_odd)  # even particles see only the odd ones' noise
     odd_aligner.set_reference(ref_even)
-    return (0.5 * (ref_even + ref_odd)).astype(np.float32)
+    return common
+
+
+def frc_weight(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """Per-ring weight ``max(FRC(a, b), 0)`` of two half averages (index: ring radius in Fourier pixels).
+
+    For a half average whose rings have signal-to-noise ratio ``SNR(k)``, ``FRC = SNR / (1 + SNR)``: the Wiener
+    factor that correlating against a noisy reference calls for (rings of pure noise get weight ~0)."""
+    fa, fb = np.fft.rfft2(np.asarray(a, np.float64)), np.fft.rfft2(np.asarray(b, np.float64))
+    ring = _ring_index(a.shape[-1])
+    n_rings = a.shape[-1] // 2 + 1
+    keep = ring < n_rings
+    cross = np.bincount(ring[keep], (fa * np.conj(fb)).real[keep], n_rings)
+    pa = np.bincount(ring[keep], (np.abs(fa) ** 2)[keep], n_rings)
+    pb = np.bincount(ring[keep], (np.abs(fb) ** 2)[keep], n_rings)
+    frc = cross / np.sqrt(np.maximum(pa * pb, 1e-30))
+    frc[0] = 1.0  # the mean (removed before correlating anyway)
+    return np.clip(frc, 0.0, 1.0)
+
+
+def _ring_index(box: int) -> np.ndarray:
+    ky = np.fft.fftfreq(box)[:, None]
+    kx = np.fft.rfftfreq(box)[None, :]
+    return np.rint(np.sqrt(kx**2 + ky**2) * box).astype(np.intp)
+
+
+def filter_rings(image: np.ndarray, weight: np.ndarray) -> np.ndarray:
+    """``image`` with each Fourier ring (radius rounded to whole Fourier pixels) scaled by ``weight[ring]``;
+    rings past the last weight (the corners) get 0."""
+    box = image.shape[-1]
+    ring = _ring_index(box)
+    w = np.where(ring < len(weight), np.asarray(weight)[np.minimum(ring, len(weight) - 1)], 0.0)
+    return np.fft.irfft2(np.fft.rfft2(np.asarray(image, np.float64)) * w, s=image.shape).astype(np.float32)
 
 
 def iter_align_reference_free(images, params: ClassicalParams | None = None, *, device="cpu", ctf=None,
