@@ -8,7 +8,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ..cluster.pipeline import SCORE_COLUMN, class_members, with_classes
+from ..cluster.pipeline import K_CRITERIA, SCORE_COLUMN, class_members, with_classes
 from ..errors import CryodenInputError
 from ..io.star import rebase_image_names
 from ._common import (
@@ -125,14 +125,16 @@ def _cluster_one(args) -> int:
     kwargs = {"method": args.method, "params": params, "device": device, "model": model, "train": train,
               "checkpoint": ckpt}
     gen = (iter_cluster(source, ks[0], resume=args.resume, **kwargs) if len(ks) == 1 else
-           iter_cluster_range(source, ks, resume=args.resume, **kwargs))
+           iter_cluster_range(source, ks, resume=args.resume, criterion=args.k_criterion, **kwargs))
     result = run_with_bar(announce_resume(gen, ckpt), disable=bool(getattr(args, "quiet", False)))
     if ckpt is not None and distributed.context().is_main:
         ckpt.remove()
     if "model_selection" in result.info:
-        values = result.info["model_selection"]["values"]
-        print("silhouette by K: " + ", ".join(f"{k}: {v:.3f}" for k, v in values.items()) +
-              f" -> K = {result.k}")
+        selection = result.info["model_selection"]
+        print("silhouette by K: " + ", ".join(f"{k}: {v:.3f}" for k, v in selection["values"].items()))
+        print("closest pair of classes (rho; about 1 = one view twice) by K: " +
+              ", ".join(f"{k}: {v:.2f}" for k, v in selection["max_rho"].items()))
+        print(f"K = {result.k} (by {selection['score']})")
 
     if not distributed.context().is_main:
         return 0  # under torchrun every process trained the same encoder; rank 0 writes
@@ -191,7 +193,11 @@ def register(commands: dict) -> None:
                     "class first) and a 2D embedding (CSV). Methods: docs/cluster.md.")
     add_particle_inputs(p, job="clustering", suffix="_classes.star")
     p.add_argument("--classes", required=True,
-                   help="number of classes K, or a range K1-K2 / list K1,K2 (the best silhouette is kept)")
+                   help="number of classes K, or a range K1-K2 / list K1,K2 (one K is kept: --k-criterion)")
+    p.add_argument("--k-criterion", choices=K_CRITERIA, default="silhouette",
+                   help="how a range of K picks one: silhouette (the highest silhouette of the features) or "
+                        "distinct (the largest K whose class averages all differ by more than their noise); "
+                        "docs/cluster.md measures both (default: %(default)s)")
     p.add_argument("--method", choices=list(methods()), default=DEFAULT_METHOD,
                    help="; ".join(f"{n}: {m.description}" for n, m in methods().items()) +
                         f" (default: {DEFAULT_METHOD})")

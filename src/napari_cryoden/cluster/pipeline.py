@@ -221,14 +221,28 @@ def iter_cluster(images, k: int, *, method: str = "siamese", params=None, device
     return ClusterResult(labels, features, embedding, avg, trained, info)
 
 
-def iter_cluster_range(images, ks: Sequence[int], **kwargs) -> Generator[ProgressEvent, None, ClusterResult]:
-    """Cluster for every k in ``ks`` and keep the one with the highest silhouette score of its features.
+#: How a K range picks its K (see :mod:`.model_selection` and docs/cluster.md).
+K_CRITERIA = ("silhouette", "distinct")
 
-    The chosen result's ``info["model_selection"]`` lists ``{k: silhouette}``.
+
+def iter_cluster_range(images, ks: Sequence[int], *, criterion: str = "silhouette",
+                       **kwargs) -> Generator[ProgressEvent, None, ClusterResult]:
+    """Cluster for every k in ``ks`` and keep one: with ``criterion="silhouette"`` the highest silhouette score of
+    its features; with ``"distinct"`` the largest K whose class averages all differ by more than their own noise
+    (:func:`~.model_selection.choose_distinct_k`).
+
+    The chosen result's ``info["model_selection"]`` has the criterion, ``values`` ``{k: silhouette}`` and
+    ``max_rho`` ``{k: the closest pair of classes' rho}`` (both are always measured).
     """
+    from .model_selection import choose_distinct_k, class_distinctness
+
+    if criterion not in K_CRITERIA:
+        raise ValueError(f"criterion must be one of {K_CRITERIA}, got {criterion!r}")
     want_averages = kwargs.pop("averages", True)
     refine = kwargs.pop("refine_averages", True)
-    best, scores = None, {}
+    scores: dict[int, float] = {}
+    rho: dict[int, float] = {}
+    results: dict[int, ClusterResult] = {}
     checkpoint = kwargs.pop("checkpoint", None)
     front = None
     for k in ks:
@@ -241,9 +255,15 @@ def iter_cluster_range(images, ks: Sequence[int], **kwargs) -> Generator[Progres
                                               work_box=model.config["work_box"] if model is not None else params.work_box)
         res = yield from iter_cluster(images, int(k), averages=False, checkpoint=part, front_end=front, **kwargs)
         scores[int(k)] = res.info["silhouette"]
-        if best is None or scores[int(k)] > best.info["silhouette"]:
-            best = res
-    best.info["model_selection"] = {"score": "silhouette", "values": scores}
+        psi, origins = res.info["alignment"]
+        rho[int(k)] = class_distinctness(_read_all(images), res.labels, int(k), psi, origins,
+                                         seed=getattr(kwargs.get("params"), "seed", 0))["max_rho"]
+        results[int(k)] = res
+    if criterion == "silhouette":
+        best = results[max(scores, key=lambda k: (scores[k], -k))]
+    else:
+        best = results[choose_distinct_k(rho)]
+    best.info["model_selection"] = {"score": criterion, "values": scores, "max_rho": rho}
     if want_averages:  # only for the chosen K
         psi, origins = best.info["alignment"]
         avg = yield from iter_class_averages(_read_all(images), best.labels, best.k, angles=psi, origins=origins,
