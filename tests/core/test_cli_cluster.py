@@ -68,14 +68,16 @@ def test_cluster_star_writes_classes_averages_embedding_and_model(data, capsys, 
     assert rc == 0 and "ARI" in stdout
 
 
-def test_cluster_range_picks_k_by_silhouette_and_subset_matches(data, capsys, tmp_path):
+def test_cluster_range_picks_k_by_distinctness_and_subset_matches(data, capsys, tmp_path):
     tmp, sim = data
     out = tmp_path / "c.star"
-    rc, stdout, err = run(capsys, "-q", "cluster", tmp / "p.mrcs", "-o", out, "--classes", "2-4",
-                          "--method", "pca-kmeans")
+    rc, stdout, err = run(capsys, "-q", "cluster", tmp / "p.mrcs", "-o", out, "--classes", "2-5",
+                          "--method", "pca-kmeans", "--prealign-iterations", 3, "--refine-iterations", 2)
     assert rc == 0, err
-    assert "silhouette by K" in stdout
+    assert "silhouette by K" in stdout and "closest pair of classes" in stdout  # both criteria are shown
+    assert "K = 3 (by distinct)" in stdout  # three views, SNR 2
     classes = starfile.read(out, always_dict=True)["particles"]["rlnClassNumber"].to_numpy()
+    assert adjusted_rand_index(sim.classes, classes) > 0.95
     sub = tmp_path / "sub.star"
     rc, stdout, err = run(capsys, "subset", out, "--classes", "1", "-o", sub)
     assert rc == 0, err

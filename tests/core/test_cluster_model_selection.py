@@ -39,13 +39,17 @@ def test_one_view_split_in_two_looks_like_one_view_and_different_views_do_not(vi
     assert four["pair"] in ((0, 3), (3, 0))
     assert four["max_rho"] > SAME_VIEW_RHO
     assert four["max_rho"] < 1.3  # normalised by the halves' reliability, not an unbounded score
+    # A class too small to measure cannot be shown distinct.
+    labels[np.flatnonzero(labels == 3)[3:]] = 0
+    tiny = class_distinctness(views.images, labels, 4, psi, origins)
+    assert tiny["unmeasurable"] == [3] and tiny["max_rho"] == float("inf")
 
 
 def test_choose_distinct_k_takes_the_largest_k_whose_classes_all_differ():
     assert choose_distinct_k({2: 0.3, 3: 0.5, 4: 0.97, 5: 0.99}) == 3
     assert choose_distinct_k({2: 0.3, 3: 0.95, 4: 0.6}) == 4  # the largest distinct one, not the first
     assert choose_distinct_k({3: 0.99, 4: 1.0}) == 3  # nothing distinct: the smallest K
-    assert choose_distinct_k({2: float("nan"), 3: 0.5}) == 3
+    assert choose_distinct_k({2: float("nan"), 3: 0.5, 4: float("inf")}) == 3
 
 
 @pytest.mark.filterwarnings("ignore::napari_cryoden.cluster.structure.NoStructureWarning")  # K = 2 of 3 views

@@ -194,7 +194,7 @@ def register(commands: dict) -> None:
     add_particle_inputs(p, job="clustering", suffix="_classes.star")
     p.add_argument("--classes", required=True,
                    help="number of classes K, or a range K1-K2 / list K1,K2 (one K is kept: --k-criterion)")
-    p.add_argument("--k-criterion", choices=K_CRITERIA, default="silhouette",
+    p.add_argument("--k-criterion", choices=K_CRITERIA, default="distinct",
                    help="how a range of K picks one: silhouette (the highest silhouette of the features) or "
                         "distinct (the largest K whose class averages all differ by more than their noise); "
                         "docs/cluster.md measures both (default: %(default)s)")

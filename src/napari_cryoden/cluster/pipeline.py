@@ -94,7 +94,7 @@ def _work_images(x: np.ndarray, work_box: int) -> np.ndarray:
     out = np.empty((n, m, m), np.float32)
     for start in range(0, n, WORK_CHUNK):
         stop = min(n, start + WORK_CHUNK)
-        out[start:stop] = work_images(np.asarray(x[start:stop], dtype=np.float32), work_box=work_box,
+        out[start:stop] = work_images(np.array(x[start:stop], dtype=np.float32), work_box=work_box,  # a writable copy
                                       mask_fraction=None)
     return out
 
@@ -225,7 +225,7 @@ def iter_cluster(images, k: int, *, method: str = "siamese", params=None, device
 K_CRITERIA = ("silhouette", "distinct")
 
 
-def iter_cluster_range(images, ks: Sequence[int], *, criterion: str = "silhouette",
+def iter_cluster_range(images, ks: Sequence[int], *, criterion: str = "distinct",
                        **kwargs) -> Generator[ProgressEvent, None, ClusterResult]:
     """Cluster for every k in ``ks`` and keep one: with ``criterion="silhouette"`` the highest silhouette score of
     its features; with ``"distinct"`` the largest K whose class averages all differ by more than their own noise
