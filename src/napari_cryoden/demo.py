@@ -149,7 +149,7 @@ def denoise_step(demo: DemoRun) -> str:
     return "\n".join([
         f"## Denoising ({DEFAULT_METHOD}, the default method)",
         f"{len(model.history)} training steps in a {budget:g} s budget, then tiled prediction "
-        f"({params.n_predictions} masked passes averaged). PSNR/SSIM after the same affine fit to the clean volume:",
+        f"({_prediction_text(model, params)}). PSNR/SSIM after the same affine fit to the clean volume:",
         "",
         markdown_table(den_rows),
         "",
@@ -178,20 +178,29 @@ def align_step(demo: DemoRun) -> str:
     ])
 
 
+def _prediction_text(model, params) -> str:
+    """How the denoiser predicts: one pass of its distilled student, or masked passes averaged."""
+    if getattr(params, "prediction", "masked") == "student" and getattr(model, "student", None) is not None:
+        return "one pass of the student distilled from the averaged masked passes"
+    if getattr(params, "prediction", "masked") == "unmasked":
+        return "one unmasked pass"
+    return f"{params.n_predictions} masked passes averaged"
+
+
 def cluster_step(demo: DemoRun) -> str:
-    """Clustering of the whole stack into its classes (Siamese + MRA refinement, the default)."""
-    from .cluster import cluster
+    """Clustering of the whole stack into its classes (the default method, MRA from random-subset references)."""
+    from .cluster import DEFAULT_METHOD, cluster, methods
     from .metrics import adjusted_rand_index, clustering_accuracy
 
     sim = demo.made["particles"]
-    cres = cluster(sim.images, len(sim.references), method="siamese")
+    cres = cluster(sim.images, len(sim.references), method=DEFAULT_METHOD)
     ari = adjusted_rand_index(sim.classes, cres.labels)
     acc = clustering_accuracy(sim.classes, cres.labels)
     plot_montage(cres.averages.averages, demo.out / "class_averages.png",
                  labels=[f"class {c + 1}: {int(n)}" for c, n in enumerate(cres.counts)],
                  columns=len(cres.counts))
     return "\n".join([
-        "## Clustering (Siamese + MRA refinement)",
+        f"## Clustering ({DEFAULT_METHOD}: {methods()[DEFAULT_METHOD].description})",
         f"{len(cres.labels)} particles into {cres.k} classes in {cres.info['seconds']['total']:.1f} s: ARI "
         f"{ari:.3f}, accuracy {acc:.3f} against the true classes; class averages, largest class first:",
         "",

@@ -30,8 +30,11 @@ CUSTOM = "custom"
 #: Presets of the methods that train: {name: (field values, what it means)}.
 PRESETS = {
     CUSTOM: ({}, ""),
-    "fast preview": ({"time_budget": 30.0, "n_predictions": 2}, "30 s of training, 2 predictions averaged"),
-    "best quality": ({"time_budget": 600.0, "n_predictions": 8}, "10 min of training, 8 predictions averaged"),
+    "fast preview": ({"time_budget": 30.0, "n_predictions": 2},
+                     "30 s of training, 2 predictions averaged where the method averages them (self2self predicts "
+                     "with one pass of its distilled student unless prediction is 'masked')"),
+    "best quality": ({"time_budget": 600.0, "n_predictions": 8},
+                     "10 min of training, 8 predictions averaged where the method averages them"),
 }
 
 
