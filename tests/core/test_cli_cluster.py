@@ -29,7 +29,7 @@ def data(tmp_path_factory):
 
 
 
-FAST = ("--epochs", "0.5")
+FAST = ("--method", "siamese", "--epochs", "0.5")
 
 
 def test_cluster_star_writes_classes_averages_embedding_and_model(data, capsys, tmp_path):
@@ -59,7 +59,8 @@ def test_cluster_star_writes_classes_averages_embedding_and_model(data, capsys, 
     assert model.exists()
     # Applying the saved model (no training) gives a clustering again.
     out2 = tmp_path / "c2.star"
-    rc, _, err = run(capsys, "-q", "cluster", tmp / "p.mrcs", "-o", out2, "--classes", 3, "--model", model)
+    rc, _, err = run(capsys, "-q", "cluster", tmp / "p.mrcs", "-o", out2, "--classes", 3, "--method", "siamese",
+                     "--model", model)
     assert rc == 0, err
     again = starfile.read(out2, always_dict=True)["particles"]["rlnClassNumber"].to_numpy()
     assert adjusted_rand_index(classes, again) > 0.9
@@ -181,8 +182,8 @@ def test_every_method_parameter_is_an_option_and_reaches_the_method(capsys, tmp_
     args = parser.parse_args(["cluster", "x.mrcs", "-o", "y.star", "--classes", "3", "--method", "mra",
                               "--iterations", "2", "--n-angles", "36", "--work-box", "24", "--seed", "5"])
     assert _params(args, "mra") == MRAParams(iterations=2, n_angles=36, work_box=24, seed=5)
-    args = parser.parse_args(["cluster", "x.mrcs", "-o", "y.star", "--classes", "3", "--rounds", "2",
-                              "--embedding-dim", "8", "--time-budget", "30"])
+    args = parser.parse_args(["cluster", "x.mrcs", "-o", "y.star", "--classes", "3", "--method", "siamese",
+                              "--rounds", "2", "--embedding-dim", "8", "--time-budget", "30"])
     assert _params(args, "siamese") == SiameseParams(rounds=2, embedding_dim=8, time_budget=30.0)
     rc, _, err = run(capsys, "cluster", tmp_path / "x.mrcs", "-o", tmp_path / "y.star", "--classes", 3,
                      "--method", "mra", "--rounds", 2)
