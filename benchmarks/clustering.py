@@ -204,13 +204,14 @@ def part_hard(args, done: dict) -> tuple[str, list]:
             for name in OURS:
                 figure = snr == max(args.snrs) and seed == args.seeds[0] and args.figure
                 run_ours(sim, name, snr, seed, {} if figure and "Siamese" in name else done, montage if figure else None)
+                if figure and montage:  # drawn at once: a long grid may be stopped before its end
+                    plot_montage(np.stack([m for m, _ in montage]), ROOT / "docs" / "images" / "cluster_averages.png",
+                                 labels=[t for _, t in montage], columns=6,
+                                 title=f"true views (left of each pair) and Siamese + MRA class averages, SNR {snr}, "
+                                       f"seed {seed}, largest class first")
+                    montage = []
             run_aspire(sim, snr, seed, done, args.aspire_python)
             done = done_runs()
-    if montage:
-        plot_montage(np.stack([m for m, _ in montage]), ROOT / "docs" / "images" / "cluster_averages.png",
-                     labels=[t for _, t in montage], columns=6,
-                     title=f"true views (left of each pair) and Siamese + MRA class averages, SNR {max(args.snrs)}, "
-                           f"seed {args.seeds[0]}, largest class first")
     rows = hard_table(done_runs(), sorted(args.snrs, reverse=True), args.seeds)
     text = "\n\n".join([
         f"{args.n} particles per stack, {K_TRUE} unbalanced classes (3 views × 3 maps, shares 6–25 %), 64², "
@@ -219,7 +220,7 @@ def part_hard(args, done: dict) -> tuple[str, list]:
         "refinement (its time is in the default pipeline's row). Recall: share of a true class in its "
         "Hungarian-matched class.",
         markdown_table(rows, floatfmt=".3g"),
-        "![class averages](images/cluster_averages.png)" if montage or (ROOT / "docs/images/cluster_averages.png").exists()
+        "![class averages](images/cluster_averages.png)" if (ROOT / "docs/images/cluster_averages.png").exists()
         else ""])
     return text, rows
 
