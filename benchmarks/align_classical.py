@@ -100,7 +100,7 @@ def main() -> None:
 
 def report(raw, args, seeds, ctfs, snrs, t_start) -> None:
     rows = []
-    for name, (sym, role) in MAPS.items():
+    for name, (_sym, role) in MAPS.items():
         ref, _ = reference_image(name, BOX)
         for ctf_mode in ctfs:
             for snr in snrs:
