@@ -24,7 +24,7 @@ from collections.abc import Mapping
 import numpy as np
 
 from ..align.cross_correlation import ClassicalParams, align_to_reference
-from .averages import mean_aligned
+from .averages import _unit, mean_aligned
 from .pseudo_labels import soft_mask
 
 #: rho above which two classes count as one view. Chosen on the tuning stacks (8 classes = 4 views x 2 maps,
@@ -36,12 +36,6 @@ SAME_VIEW_RHO = 0.91
 
 #: Classes with fewer members have no meaningful half-split reliability and are left out of the test.
 MIN_MEMBERS = 8
-
-
-def _unit(a: np.ndarray) -> np.ndarray:
-    a = np.asarray(a, dtype=np.float64)
-    a = a - a.mean()
-    return a / max(float(np.linalg.norm(a)), 1e-12)
 
 
 def class_distinctness(images, labels: np.ndarray, k: int, angles: np.ndarray, origins: np.ndarray, *,

@@ -68,10 +68,6 @@ class ClusterResult:
         return np.bincount(self.labels, minlength=self.k)
 
 
-def _count(images) -> int:
-    return len(images) if hasattr(images, "read") and hasattr(images, "box") else len(_read_all(images))
-
-
 def _read_all(images) -> np.ndarray:
     """The particles as an (n, N, N) array: a particle source (STAR) is read; an array or memory map is kept as
     it is (float32 memory maps are not copied, so class averages read them batch by batch)."""
@@ -244,19 +240,20 @@ def iter_cluster_range(images, ks: Sequence[int], *, criterion: str = "distinct"
     rho: dict[int, float] = {}
     results: dict[int, ClusterResult] = {}
     checkpoint = kwargs.pop("checkpoint", None)
+    x = _read_all(images)  # once: a STAR's particles are read from their stacks once for the whole range
     front = None
     for k in ks:
         part = checkpoint.part(f"k{int(k)}") if checkpoint is not None else None  # one training per K
-        if front is None and len(ks) > 1 and 2 <= int(k) <= _count(images):  # the pre-alignment is K-independent
+        if front is None and len(ks) > 1 and 2 <= int(k) <= len(x):  # the pre-alignment is K-independent
             chosen = methods()[kwargs.get("method", "siamese")]
             params = validate(kwargs.get("params") or chosen.params())
             model = kwargs.get("model")
-            front = yield from iter_front_end(_read_all(images), device=kwargs.get("device", "cpu"), params=params,
+            front = yield from iter_front_end(x, device=kwargs.get("device", "cpu"), params=params,
                                               work_box=model.config["work_box"] if model is not None else params.work_box)
-        res = yield from iter_cluster(images, int(k), averages=False, checkpoint=part, front_end=front, **kwargs)
+        res = yield from iter_cluster(x, int(k), averages=False, checkpoint=part, front_end=front, **kwargs)
         scores[int(k)] = res.info["silhouette"]
         psi, origins = res.info["alignment"]
-        rho[int(k)] = class_distinctness(_read_all(images), res.labels, int(k), psi, origins,
+        rho[int(k)] = class_distinctness(x, res.labels, int(k), psi, origins,
                                          seed=getattr(kwargs.get("params"), "seed", 0))["max_rho"]
         results[int(k)] = res
     if criterion == "silhouette":
@@ -266,7 +263,7 @@ def iter_cluster_range(images, ks: Sequence[int], *, criterion: str = "distinct"
     best.info["model_selection"] = {"score": criterion, "values": scores, "max_rho": rho}
     if want_averages:  # only for the chosen K
         psi, origins = best.info["alignment"]
-        avg = yield from iter_class_averages(_read_all(images), best.labels, best.k, angles=psi, origins=origins,
+        avg = yield from iter_class_averages(x, best.labels, best.k, angles=psi, origins=origins,
                                              refine=refine, device=kwargs.get("device", "cpu"))
         best = replace(best, averages=avg)
     return best
