@@ -1,8 +1,10 @@
 """The Siamese stage on its own (no MRA refinement): its loss, pairs and confidences on hand-computed cases, the
-noise measurement, rotation invariance of the polar encoder, identity kept by the augmentation, a known answer
+noise measurement, rotation invariance of the polar and template encoders, identity kept by the augmentation, a known answer
 where PCA + KMeans fails, and bad input."""
 
 from __future__ import annotations
+
+from dataclasses import replace
 
 import numpy as np
 import pytest
@@ -19,7 +21,7 @@ from napari_cryoden.cluster.pseudo_labels import (
     sample_training_pairs,
     work_images,
 )
-from napari_cryoden.cluster.siamese import Encoder, PolarEncoder, build_encoder, embed
+from napari_cryoden.cluster.siamese import Encoder, PolarEncoder, TemplateEncoder, build_encoder, embed
 from napari_cryoden.errors import CryodenInputError
 from napari_cryoden.metrics import adjusted_rand_index
 from napari_cryoden.progress import run
@@ -90,13 +92,14 @@ def test_noise_level_is_measured_beside_the_signal():
 
 
 # ------------------------------------------------------------------------------------------ invariance
-def test_polar_encoder_is_invariant_to_rotation_by_construction():
+def test_polar_and_template_encoders_are_invariant_to_rotation_by_construction():
     torch.manual_seed(0)
     images, _ = simulate(6, None, seed=0)
     turned = transform_images(images, angles=90.0)  # a multiple of the angular sampling: exact
     polar, plain = PolarEncoder().eval(), Encoder(channels=8).eval()
+    templates = TemplateEncoder(templates=3, shift=1.0).eval()  # the shifted centres are a symmetric 3 × 3 grid
     with torch.no_grad():
-        for net, bound in ((polar, 1e-3), (plain, None)):
+        for net, bound in ((polar, 1e-3), (templates, 1e-3), (plain, None)):
             a, b = net(torch.as_tensor(images)[:, None]), net(torch.as_tensor(turned)[:, None])
             change = float(((a - b).norm(dim=1) / a.norm(dim=1)).max())
             if bound is None:
@@ -108,8 +111,10 @@ def test_polar_encoder_is_invariant_to_rotation_by_construction():
 def test_augmented_copy_embeds_nearer_its_source_than_other_classes_after_a_short_training():
     # Train briefly on one stack, then turn and shift particles of another stack by random amounts (what the
     # alignment gets wrong) and ask whether each copy is nearer its own source than any particle of another
-    # class. Baselines: the same check on the untrained encoder (same seed) and on the PCA scores. Measured
-    # (stacks 1 and 5, training seeds 0-1, one thread): trained 1.0; untrained 0.25-0.47; PCA 0.17.
+    # class. Baselines: the same check on the untrained encoder (same seed, random templates) and on the PCA
+    # scores. Measured (stacks 1 and 5, training seeds 0-1, one thread, default template encoder): trained 1.0;
+    # untrained 0.53-0.58; PCA 0.17. (Templates started from the class means but not trained keep 0.98-1.0:
+    # the template encoder's invariance is built in; the known-answer test below is where training shows.)
     images, truth = simulate(90, 1.0, seed=1)
     params = SiameseParams(rounds=1, min_steps=40, max_steps=40, batch_size=32, seed=0)
     res = run(iter_train_siamese(images, 3, truth, params))
@@ -137,19 +142,24 @@ def test_augmented_copy_embeds_nearer_its_source_than_other_classes_after_a_shor
 def test_learned_embedding_separates_classes_where_pca_kmeans_on_prealigned_particles_fails():
     # The Siamese stage alone, started from PCA + KMeans, no MRA anywhere. The stack is what a failed
     # pre-alignment hands over: every particle at a random in-plane angle (120 particles, 3 views, SNR 0.5).
-    # Baselines: PCA + KMeans (the start) and KMeans on the untrained encoder (same seed), so the check measures
-    # the training, not only the rotation-invariant architecture. Measured (stacks 4-6, training seeds 0-1, one
-    # thread): learned 1.0 every time; PCA + KMeans 0.10 (this stack) / 0.49; untrained encoder 0.05-0.46.
+    # Baselines: PCA + KMeans (the start), KMeans on the untrained encoder (same seed, random templates) and on
+    # the encoder whose templates start from the PCA + KMeans class means but are not trained (learning rate 0:
+    # a classical rotation-invariant template match), so the check measures the training, not only the
+    # architecture. Measured (stacks 4-6, training seeds 0-1, one thread): learned 0.93-1.0; PCA + KMeans 0.10
+    # (this stack) / 0.49; untrained 0.18-0.57; templates not trained 0.57-0.98 (0.61 / 0.68 on this stack).
     images, truth = simulate(120, 0.5, seed=4)
     start, _ = kmeans_labels(pca_features(images, 20), 3)
     pca_ari = adjusted_rand_index(truth, start)
     params = SiameseParams(rounds=2, min_steps=30, max_steps=30, batch_size=32, seed=0)
     res = run(iter_train_siamese(images, 3, start, params))
     learned = adjusted_rand_index(truth, res.labels)
+    matched = adjusted_rand_index(truth, run(iter_train_siamese(images, 3, start, replace(
+        params, rounds=1, learning_rate=0.0))).labels)
     torch.manual_seed(params.seed)
     untrained = adjusted_rand_index(truth, kmeans_labels(embed(build_encoder(res.model.config), images), 3)[0])
     assert pca_ari < 0.3, pca_ari
-    assert learned > 0.9 and learned > max(pca_ari, untrained) + 0.4, (learned, pca_ari, untrained)
+    assert learned > 0.85 and learned > max(pca_ari, untrained, matched) + 0.2, (learned, pca_ari, untrained,
+                                                                                 matched)
 
 
 # ------------------------------------------------------------------------------------------ bad input

@@ -64,7 +64,7 @@ KIND = "cluster/siamese"
 class SiameseParams:
     """Settings of Siamese clustering (``siamese``)."""
 
-    rounds: int = param(4, "train → embed → KMeans rounds at most", min=1, max=50)
+    rounds: int = param(6, "train → embed → KMeans rounds at most", min=1, max=50)
     epochs: float = param(12.0, "training per round, in passes of pairs over the particles", min=0.0)
     min_steps: int = param(30, "training steps per round at least", min=0)
     max_steps: int = param(300, "training steps per round at most", min=1)
@@ -75,8 +75,15 @@ class SiameseParams:
     channels: int = param(8, "channels of the first conv level (x2, x4 below)", min=4, max=128)
     pool_grid: int = param(4, "adaptive average pooling grid of the cartesian encoder (1: fully global pooling)",
                            min=1, max=8)
-    encoder: str = param("polar", "polar: rotation-invariant by construction; cartesian: plain conv net",
-                         choices=("polar", "cartesian"))
+    harmonics: int = param(0, "polar encoder: pool the angle axis by max, mean and the magnitudes of this many "
+                                "angular Fourier harmonics (0 or 1: max and mean only)", min=0, max=16)
+    encoder: str = param("templates", "polar: rotation-invariant conv net; templates: rotation-invariant matches "
+                         "against learnt templates started from the pseudo-class means; cartesian: plain conv net",
+                         choices=("polar", "templates", "cartesian"))
+    template_shift: float = param(1.0, "templates encoder: also match at centres moved by this many work-box "
+                                  "pixels (a 3 × 3 grid; 0: the centre only)", min=0.0, max=4.0, unit="px")
+    templates_per_class: int = param(1, "templates encoder: learnt templates per class (started from sub-class "
+                                     "means)", min=1, max=16)
     augment_rotation: float = param(8.0, "every image of a pair is rotated by up to ± this many degrees",
                                     min=0.0, max=180.0, unit="°")
     augment_shift: float = param(1.0, "every image of a pair is shifted by up to ± this many work-box pixels",
@@ -144,19 +151,26 @@ class PolarEncoder(nn.Module):
     makes the features invariant. Radii and angles are fixed counts, so any box size works.
     """
 
-    def __init__(self, *, channels: int = 8, embedding_dim: int = 16, radii: int = 16, angles: int = 64):
+    def __init__(self, *, channels: int = 8, embedding_dim: int = 16, radii: int = 16, angles: int = 64,
+                 harmonics: int = 0):
         super().__init__()
         c = channels
-        self.radii, self.angles = radii, angles
+        self.radii, self.angles, self.harmonics = radii, angles, harmonics
         self.features = nn.Sequential(_CircularConv(1, c, (5, 7)), nn.MaxPool2d((1, 2)),
                                       _CircularConv(c, 2 * c, (3, 5)), nn.MaxPool2d((1, 2)),
                                       _CircularConv(2 * c, 4 * c, (3, 5)))
-        self.head = nn.Sequential(nn.Linear(2 * 4 * c * radii, 64), nn.ReLU(), nn.Linear(64, embedding_dim))
+        pooled = 2 + max(harmonics - 1, 0)  # max, mean (harmonic 0) and |harmonics 1 .. h-1|
+        self.head = nn.Sequential(nn.Linear(pooled * 4 * c * radii, 64), nn.ReLU(), nn.Linear(64, embedding_dim))
         self._grid: torch.Tensor | None = None  # (1, radii, angles, 2) sampling grid, made for one box size
         self._grid_box = 0
 
     def polar(self, x: torch.Tensor) -> torch.Tensor:
         """(b, 1, m, m) -> (b, 1, radii, angles) samples on rings about the box centre."""
+        grid = self._polar_grid(x).expand(x.shape[0], -1, -1, -1)
+        return F.grid_sample(x, grid.to(x.dtype), mode="bilinear", padding_mode="zeros", align_corners=True)
+
+    def _polar_grid(self, x: torch.Tensor) -> torch.Tensor:
+        """(1, radii, angles, 2) grid_sample coordinates of the rings about ``m // 2`` (cached per box size)."""
         m = x.shape[-1]
         if self._grid is None or self._grid_box != m or self._grid.device != x.device:
             r = (torch.arange(self.radii, dtype=torch.float32) + 0.5) * (0.45 * m / self.radii)
@@ -165,13 +179,80 @@ class PolarEncoder(nn.Module):
             py = m // 2 + r[:, None] * torch.sin(t)[None]
             grid = torch.stack([px / (m - 1) * 2 - 1, py / (m - 1) * 2 - 1], dim=-1)
             self._grid, self._grid_box = grid[None].to(x.device), m
-        grid = self._grid.expand(x.shape[0], -1, -1, -1)
-        return F.grid_sample(x, grid.to(x.dtype), mode="bilinear", padding_mode="zeros", align_corners=True)
+        return self._grid
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         f = self.features(self.polar(x))  # (b, 4c, radii, angles / 4)
-        pooled = torch.cat([f.amax(-1), f.mean(-1)], dim=1)
+        parts = [f.amax(-1), f.mean(-1)]
+        if self.harmonics > 1:  # |angular Fourier coefficients|: a rotation only changes their phase
+            spectrum = torch.fft.rfft(f, dim=-1)[..., 1:self.harmonics].abs() / f.shape[-1]
+            parts.append(spectrum.flatten(1, 2).reshape(f.shape[0], -1, f.shape[2]))
+        pooled = torch.cat(parts, dim=1)
         return self.head(pooled.flatten(1))
+
+
+class TemplateEncoder(PolarEncoder):
+    """(b, 1, m, m) images -> (b, embedding_dim): rotation-invariant matches against a learnt bank of templates.
+
+    Each image is sampled on the polar grid of :class:`PolarEncoder` (rings weighted by √r, so that sums over the
+    grid are area integrals) and cross-correlated with ``templates`` learnt polar images at every rotation (an
+    FFT along the angle); the normalised correlation is pooled over the rotations with a learnt soft maximum,
+    ``log Σ_φ exp(β c(φ)) / β``. The scores — how well the particle matches each template at its best angle, a
+    matched filter that the alignment's errors cannot spoil — go through a small head to the embedding. The
+    templates start from the class means of the starting pseudo-labels (:meth:`initialise`), so training begins
+    where a classical template match stands and the contrastive loss moves them.
+    """
+
+    def __init__(self, *, templates: int = 16, embedding_dim: int = 16, radii: int = 16, angles: int = 64,
+                 shift: float = 0.0):
+        nn.Module.__init__(self)
+        self.radii, self.angles, self.harmonics = radii, angles, 0
+        offsets = [(0.0, 0.0)] + ([(dy * shift, dx * shift) for dy in (-1, 0, 1) for dx in (-1, 0, 1)
+                                   if dy or dx] if shift > 0 else [])
+        self.register_buffer("offsets", torch.tensor(offsets, dtype=torch.float32), persistent=False)
+        self.templates = nn.Parameter(torch.randn(templates, radii, angles) * 0.1)
+        self.log_beta = nn.Parameter(torch.tensor(float(np.log(20.0))))
+        self.norm = nn.LayerNorm(templates)
+        self.head = nn.Sequential(nn.Linear(templates, 64), nn.ReLU(), nn.Linear(64, embedding_dim))
+        r = (torch.arange(radii, dtype=torch.float32) + 0.5) / radii
+        self.register_buffer("ring_weight", r.sqrt()[:, None], persistent=False)
+        self._grid = None
+        self._grid_box = 0
+
+    def rings(self, x: torch.Tensor, offset: int = 0) -> torch.Tensor:
+        """(b, 1, m, m) -> (b, radii, angles) polar samples about the centre moved by ``offsets[offset]`` pixels,
+        √r-weighted, zero-mean and of unit norm."""
+        if offset:
+            m = x.shape[-1]
+            dy, dx = (self.offsets[offset] / ((m - 1) / 2)).tolist()
+            grid = self._polar_grid(x)
+            grid = grid + torch.tensor([dx, dy], dtype=grid.dtype, device=grid.device)
+            p = F.grid_sample(x, grid.expand(x.shape[0], -1, -1, -1).to(x.dtype), mode="bilinear",
+                              padding_mode="zeros", align_corners=True)[:, 0]
+        else:
+            p = self.polar(x)[:, 0]
+        p = p * self.ring_weight
+        p = p - p.mean((-2, -1), keepdim=True)
+        return p / p.flatten(1).norm(dim=1).clamp_min(1e-6)[:, None, None]
+
+    @torch.no_grad()
+    def initialise(self, images: torch.Tensor, labels: np.ndarray) -> None:
+        """Templates = means of the images of each label (labels 0 .. templates − 1; others are left random)."""
+        p = self.rings(images[:, None])
+        for c in range(self.templates.shape[0]):
+            members = torch.as_tensor(np.flatnonzero(labels == c))
+            if len(members):
+                self.templates[c] = p[members].mean(0)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        t = self.templates - self.templates.mean((-2, -1), keepdim=True)
+        t = t / t.flatten(1).norm(dim=1).clamp_min(1e-6)[:, None, None]
+        ft = torch.fft.rfft(t, dim=-1).conj()
+        corr = torch.cat([torch.fft.irfft(torch.einsum("brk,trk->btk", torch.fft.rfft(self.rings(x, o), dim=-1), ft),
+                                          n=self.angles, dim=-1) for o in range(len(self.offsets))], dim=-1)
+        beta = self.log_beta.exp()  # corr: (b, templates, offsets × angles)
+        score = (torch.logsumexp(beta * corr, dim=-1) - np.log(corr.shape[-1])) / beta
+        return self.head(self.norm(score))
 
 
 def contrastive_loss(a: torch.Tensor, b: torch.Tensor, y: torch.Tensor, *, margin: float,
@@ -237,8 +318,12 @@ class _Augmenter:
 
 def build_encoder(config: dict) -> nn.Module:
     """The encoder a model file's ``config`` describes (files written before ``encoder`` existed: cartesian)."""
+    if config.get("encoder", "cartesian") == "templates":
+        return TemplateEncoder(templates=config["templates"], embedding_dim=config["embedding_dim"],
+                               shift=config.get("template_shift", 0.0))
     if config.get("encoder", "cartesian") == "polar":
-        return PolarEncoder(channels=config["channels"], embedding_dim=config["embedding_dim"])
+        return PolarEncoder(channels=config["channels"], embedding_dim=config["embedding_dim"],
+                            harmonics=config.get("harmonics", 0))
     return Encoder(channels=config["channels"], embedding_dim=config["embedding_dim"], pool_grid=config["pool_grid"])
 
 
@@ -261,6 +346,20 @@ class SiameseResult:
     embeddings: np.ndarray
     model: ModelFile
     history: list
+
+
+def _sub_classes(images: np.ndarray, labels: np.ndarray, k: int, per_class: int, seed: int) -> np.ndarray:
+    """Labels 0 .. k·per_class − 1: each class split into ``per_class`` sub-classes by KMeans on its PCA scores
+    (the templates encoder starts one template from each sub-class mean)."""
+    out = np.full(len(labels), -1, np.int64)
+    for c in range(k):
+        idx = np.flatnonzero(labels == c)
+        if per_class == 1 or len(idx) < 2 * per_class:
+            out[idx] = c * per_class
+            continue
+        sub, _ = kmeans_labels(pca_features(images[idx], 10, seed=seed), per_class, seed=seed, n_init=2)
+        out[idx] = c * per_class + sub
+    return out
 
 
 def check_classes(n: int, k: int, *, name=None) -> None:
@@ -302,14 +401,19 @@ def iter_train_siamese(images: np.ndarray, k: int, labels: np.ndarray, params: S
     rng = np.random.default_rng(distributed.rank_seed(params.seed, ctx))
     gen = torch.Generator().manual_seed(distributed.rank_seed(params.seed, ctx))
     config = {"channels": params.channels, "embedding_dim": params.embedding_dim, "pool_grid": params.pool_grid,
-              "encoder": params.encoder, "work_box": m}
+              "encoder": params.encoder, "harmonics": params.harmonics, "work_box": m,
+              "templates": params.templates_per_class * int(k), "template_shift": params.template_shift}
     if model is not None:
         config = {**config, "encoder": model.config.get("encoder", "cartesian"),
-                  **{key: model.config[key] for key in ("channels", "embedding_dim", "pool_grid")}}
+                  **{key: model.config[key] for key in ("channels", "embedding_dim", "pool_grid")},
+                  "harmonics": model.config.get("harmonics", 0), "templates": model.config.get("templates", 0),
+                  "template_shift": model.config.get("template_shift", 0.0)}
     net = build_encoder(config).to(device)
+    data = torch.as_tensor(images, device=device)
     if model is not None:
         net.load_state_dict(model.state_dict["encoder"])
-    data = torch.as_tensor(images, device=device)
+    elif isinstance(net, TemplateEncoder):
+        net.initialise(data, _sub_classes(images, labels, int(k), params.templates_per_class, params.seed))
     steps = int(np.clip(round(params.epochs * n / params.batch_size), params.min_steps, params.max_steps))
     rounds = params.rounds if train else 1
     total = rounds * steps if train else 1
