@@ -43,8 +43,14 @@ VIEWS = ((0.0, 0.0), (0.0, 30.0), (0.0, 90.0), (90.0, 90.0))
 VARIANTS = {
     "no confidence selection": {"confident_fraction": 1.0},
     "no same-particle positives": {"instance_fraction": 0.0},
-    "cartesian encoder": {"encoder": "cartesian"},
-    "old recipe (cartesian, all labels, no copies)": {"encoder": "cartesian", "confident_fraction": 1.0,
+    "cartesian encoder": {"encoder": "cartesian", "learning_rate": 1e-3},
+    "polar encoder (the default before 2026-12-04)": {"encoder": "polar", "rounds": 4, "learning_rate": 1e-3},
+    "polar encoder, 6 angular harmonics": {"encoder": "polar", "rounds": 4, "harmonics": 6, "learning_rate": 1e-3},
+    "templates trained at learning rate 1e-3": {"learning_rate": 1e-3},
+    "templates not trained (learning rate 0)": {"learning_rate": 0.0, "rounds": 1},
+    "templates at the centre only (no shifted matches)": {"template_shift": 0.0},
+    "old recipe (cartesian, all labels, no copies)": {"encoder": "cartesian", "learning_rate": 1e-3,
+                                                      "confident_fraction": 1.0,
                                                       "instance_fraction": 0.0},
 }
 
@@ -71,16 +77,22 @@ def main() -> None:
     ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     ap.add_argument("--ctf", choices=("none", "abs", "full"), default="none")
     ap.add_argument("--variants", action="store_true", help="also the Siamese stage with one ingredient off")
+    ap.add_argument("--variant", action="append", choices=sorted(VARIANTS), default=[],
+                    help="only these variants (repeatable; implies --variants)")
+    ap.add_argument("--no-defaults", action="store_true", help="leave out the default Siamese row")
     ap.add_argument("--prealign", type=int, default=3,
                     help="passes of the pre-alignment (0: the methods see the particles at their random angles)")
     ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--out", help="results file name under benchmarks/results (default cluster_embedding.json)")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     k = 2 * len(VIEWS)
     methods = {"PCA + KMeans": None, "Siamese + KMeans (defaults)": SiameseParams(refine_iterations=0)}
-    if args.variants:
+    if args.no_defaults:
+        del methods["Siamese + KMeans (defaults)"]
+    if args.variants or args.variant:
         methods.update({f"Siamese + KMeans, {name}": replace(SiameseParams(refine_iterations=0), **change)
-                        for name, change in VARIANTS.items()})
+                        for name, change in VARIANTS.items() if not args.variant or name in args.variant})
     runs = []
     t_start = time.perf_counter()
     for snr in args.snr:
@@ -115,7 +127,7 @@ def main() -> None:
     ])
     print(text)
     RESULTS.mkdir(parents=True, exist_ok=True)
-    out = RESULTS / ("cluster_embedding.json" if args.prealign else "cluster_embedding_unaligned.json")
+    out = RESULTS / (args.out or ("cluster_embedding.json" if args.prealign else "cluster_embedding_unaligned.json"))
     out.write_text(json.dumps({"machine": info, "args": vars(args), "rows": rows, "runs": runs}, indent=2,
                               default=float) + "\n")
     print(f"wrote {out}")
