@@ -71,7 +71,7 @@ OURS = {  # run in this order (the slowest and most wanted first)
     "PCA + KMeans (pre-aligned)": ("pca-kmeans", PCAKMeansParams(prealign_iterations=3)),
     "PCA + KMeans (pre-aligned) + MRA": ("pca-kmeans", PCAKMeansParams(prealign_iterations=3, refine_iterations=3)),
     "MRA (random-subset start)": ("mra", MRAParams()),
-    UNTRAINED: ("siamese", SiameseParams(learning_rate=0.0, rounds=1, refine_iterations=0)),
+    UNTRAINED: ("siamese", SiameseParams(learning_rate=0.0, rounds=1, epochs=0.0, min_steps=0, refine_iterations=0)),
 }
 SIAMESE_ALONE = "Siamese + KMeans (same run, before MRA)"
 ASPIRE = {"spectral": "ASPIRE RIRClass2D + spectral (its k-NN graph)",
@@ -301,8 +301,8 @@ def part_scale(args, done: dict) -> tuple[str, list]:
     text = "\n\n".join([
         "The default Siamese pipeline on 10⁴ and 10⁵ particles of the hard benchmark's kind (SNR 0.1, 9 "
         "unbalanced classes, phase-flipped CTF) read from a memory-mapped MRC stack (`--part scale --n-scale N`). "
-        "Peak host memory is the maximum resident set (ru_maxrss) of the process that clustered, which only read "
-        "the stack; \"before clustering\" is its resident set after opening the memory map.",
+        "Peak host memory is the peak resident set (VmHWM) of the process that clustered, which only read the "
+        "stack; \"before clustering\" is its resident set (VmRSS) after opening the memory map.",
         markdown_table(rows)])
     return text, rows
 
@@ -348,16 +348,29 @@ def scale_run(args, n_scale: int) -> None:
                 "simulation seconds": sim_seconds})
 
 
+def _memory_gb(field: str) -> float:
+    """``VmHWM`` (peak) or ``VmRSS`` (now) of this process in GB, from /proc/self/status; elsewhere ru_maxrss.
+
+    Not ru_maxrss on Linux: it survives execve, so a child started by a process that had simulated 5 GB of
+    particles would report the parent's peak as its own."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith(field + ":"):
+                return int(line.split()[1]) / 2**20  # kB
+    except OSError:
+        pass
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
+
+
 def scale_child(path: str) -> None:
     """Cluster the memory-mapped stack at ``path`` and print labels, time and peak memory as one JSON line."""
     stack = read_mrc(path, mmap=True).data
-    base_rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
+    base_rss = _memory_gb("VmRSS")
     t = time.perf_counter()
     res = cluster(stack, K_TRUE, method="siamese")
     seconds = time.perf_counter() - t
     print(json.dumps({"labels": res.labels.tolist(), "seconds": seconds, "stages": res.info["seconds"],
-                      "peak RSS GB": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20,
-                      "RSS before GB": base_rss}))
+                      "peak RSS GB": _memory_gb("VmHWM"), "RSS before GB": base_rss}))
 
 
 def main() -> None:

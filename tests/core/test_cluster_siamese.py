@@ -145,8 +145,9 @@ def test_learned_embedding_separates_classes_where_pca_kmeans_on_prealigned_part
     # Baselines: PCA + KMeans (the start), KMeans on the untrained encoder (same seed, random templates) and on
     # the encoder whose templates start from the PCA + KMeans class means but are not trained (learning rate 0:
     # a classical rotation-invariant template match), so the check measures the training, not only the
-    # architecture. Measured (stacks 4-6, training seeds 0-1, one thread): learned 0.93-1.0; PCA + KMeans 0.10
-    # (this stack) / 0.49; untrained 0.18-0.57; templates not trained 0.57-0.98 (0.61 / 0.68 on this stack).
+    # architecture. Measured (stacks 4-6, training seeds 0-1, one thread, learning rate 1e-4): learned 0.90-1.0
+    # (0.90 / 0.93 on this stack); PCA + KMeans 0.10 (this stack) / 0.49; untrained 0.18-0.57; templates not
+    # trained 0.57-0.98 (0.61 / 0.68 on this stack).
     images, truth = simulate(120, 0.5, seed=4)
     start, _ = kmeans_labels(pca_features(images, 20), 3)
     pca_ari = adjusted_rand_index(truth, start)
@@ -158,8 +159,8 @@ def test_learned_embedding_separates_classes_where_pca_kmeans_on_prealigned_part
     torch.manual_seed(params.seed)
     untrained = adjusted_rand_index(truth, kmeans_labels(embed(build_encoder(res.model.config), images), 3)[0])
     assert pca_ari < 0.3, pca_ari
-    assert learned > 0.85 and learned > max(pca_ari, untrained, matched) + 0.2, (learned, pca_ari, untrained,
-                                                                                 matched)
+    assert learned > 0.8 and learned > max(pca_ari, untrained, matched) + 0.15, (learned, pca_ari, untrained,
+                                                                                  matched)
 
 
 # ------------------------------------------------------------------------------------------ bad input

@@ -17,11 +17,17 @@ with y = 0 for a positive pair and 1 for a negative one. What makes the embeddin
   zero at a random frequency), and a fresh noise draw at ``augment_noise`` × the noise level measured on the stack
   (:func:`~.pseudo_labels.noise_level`). Their identity is certain whatever the labels say, and they make the
   embedding invariant to what the pre-alignment gets wrong. Negatives are confidently different pseudo-classes.
-* **Encoder** ``polar`` (default): the image is resampled on a polar grid about the box centre and convolved with
-  circular padding along the angle, then pooled over all angles, so the embedding is invariant to in-plane
-  rotation by construction (a learnt invariance, ``cartesian``, did not come within a CPU budget;
-  ``docs/cluster.md``). Shifts are centred by the classical pre-alignment
-  (:func:`~napari_cryoden.cluster.mra.iter_prealign`); the residual is in the augmentation.
+* **Encoder** ``templates`` (default): the image is resampled on a polar grid about the box centre and
+  correlated at every rotation (an FFT along the angle) and at a 3 × 3 grid of centres ``template_shift`` apart
+  with learnt polar templates that start from the class means of the starting pseudo-labels
+  (:class:`TemplateEncoder`); the scores, soft-max pooled over rotations and centres, go through a small head.
+  It is invariant to in-plane rotation by construction (exactly for multiples of 90° with the shifted centres,
+  of 5.6° without them; to interpolation otherwise), and where the pre-alignment left a particle turned or
+  off-centre the match still finds it. ``polar`` (the default until 2026-12-04) convolves the polar image with
+  circular padding along the angle and pools the angle away, which at SNR 0.05 lost the neighbouring views;
+  ``cartesian`` is a plain conv net (``docs/cluster.md`` has the ablations). Shifts are centred by the classical
+  pre-alignment (:func:`~napari_cryoden.cluster.mra.iter_prealign`); the residual is in the augmentation and
+  the shifted matches.
 """
 
 from __future__ import annotations
@@ -76,7 +82,8 @@ class SiameseParams:
     pool_grid: int = param(4, "adaptive average pooling grid of the cartesian encoder (1: fully global pooling)",
                            min=1, max=8)
     harmonics: int = param(0, "polar encoder: pool the angle axis by max, mean and the magnitudes of this many "
-                                "angular Fourier harmonics (0 or 1: max and mean only)", min=0, max=16)
+                                "angular Fourier harmonics (0 or 1: max and mean only; the pooled axis has 16 "
+                                "angles, so at most 9)", min=0, max=9)
     encoder: str = param("templates", "polar: rotation-invariant conv net; templates: rotation-invariant matches "
                          "against learnt templates started from the pseudo-class means; cartesian: plain conv net",
                          choices=("polar", "templates", "cartesian"))
@@ -236,13 +243,21 @@ class TemplateEncoder(PolarEncoder):
         return p / p.flatten(1).norm(dim=1).clamp_min(1e-6)[:, None, None]
 
     @torch.no_grad()
-    def initialise(self, images: torch.Tensor, labels: np.ndarray) -> None:
-        """Templates = means of the images of each label (labels 0 .. templates − 1; others are left random)."""
-        p = self.rings(images[:, None])
-        for c in range(self.templates.shape[0]):
-            members = torch.as_tensor(np.flatnonzero(labels == c))
-            if len(members):
-                self.templates[c] = p[members].mean(0)
+    def initialise(self, images: torch.Tensor, labels: np.ndarray, *, batch: int = 4096) -> None:
+        """Templates = means of the images of each label (labels 0 .. templates − 1; a label without members
+        keeps its random start). The images are sampled ``batch`` at a time."""
+        t = self.templates.shape[0]
+        labels = torch.as_tensor(np.asarray(labels, dtype=np.int64))
+        sums = torch.zeros_like(self.templates)
+        counts = torch.zeros(t, dtype=self.templates.dtype, device=self.templates.device)
+        for start in range(0, len(images), batch):
+            lab = labels[start:start + batch].to(self.templates.device)
+            keep = (lab >= 0) & (lab < t)
+            p = self.rings(images[start:start + batch][:, None])[keep]
+            sums.index_add_(0, lab[keep], p)
+            counts.index_add_(0, lab[keep], torch.ones_like(lab[keep], dtype=counts.dtype))
+        filled = counts > 0
+        self.templates[filled] = sums[filled] / counts[filled][:, None, None]
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         t = self.templates - self.templates.mean((-2, -1), keepdim=True)
@@ -354,8 +369,8 @@ def _sub_classes(images: np.ndarray, labels: np.ndarray, k: int, per_class: int,
     out = np.full(len(labels), -1, np.int64)
     for c in range(k):
         idx = np.flatnonzero(labels == c)
-        if per_class == 1 or len(idx) < 2 * per_class:
-            out[idx] = c * per_class
+        if per_class == 1 or len(idx) < 2 * per_class:  # too few to split: the members are dealt out in turn
+            out[idx] = c * per_class + np.arange(len(idx)) % per_class
             continue
         sub, _ = kmeans_labels(pca_features(images[idx], 10, seed=seed), per_class, seed=seed, n_init=2)
         out[idx] = c * per_class + sub
