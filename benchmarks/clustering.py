@@ -413,7 +413,7 @@ def main() -> None:
         text, rows = {"hard": part_hard, "k": part_k, "scale": part_scale}[part](args, done_runs())
         name, title = {"hard": ("clustering", "Particle clustering on a hard, held-out stack"),
                        "k": ("clustering_k", "Choosing the number of classes"),
-                       "scale": ("clustering_scale", "Clustering 10⁵ particles from a memory map")}[part]
+                       "scale": ("clustering_scale", "Clustering 10⁴ and 10⁵ particles from a memory map")}[part]
         info = machine()
         body = "\n\n".join(["Written by `benchmarks/clustering.py --part " + part + "`. " + machine_line(info)
                             + " Runs are recorded as they end in benchmarks/results/clustering_runs.jsonl and "
