@@ -166,12 +166,18 @@ def noise_level(images: np.ndarray, *, components: int = 20, radius: float = 0.4
     principal components leave inside a disc of ``radius × m`` (white noise spreads evenly over all directions;
     signal concentrates in a few). An upper bound when the signal has more than ``components`` directions.
     """
-    x = np.asarray(images, dtype=np.float64)
-    m = x.shape[-1]
+    n, m = len(images), images.shape[-1]
     disc = (soft_mask(m, radius * m) >= 0.999).numpy()
-    flat = x[:, disc]
-    flat = flat - flat.mean(0)
-    d = flat.shape[1]
-    q = min(components, len(flat) - 1, d - 1)
-    power = np.linalg.svd(flat, compute_uv=False) ** 2 / max(len(flat) - 1, 1)
+    d = int(disc.sum())
+    # The (d, d) covariance, summed over chunks (a copy of the whole stack in float64, and the SVD's workspace,
+    # were 2-3 GB at 10^5 particles); its eigenvalues are the squared singular values of the centred pixels / (n-1).
+    total, outer = np.zeros(d), np.zeros((d, d))
+    for start in range(0, n, 4096):
+        flat = np.asarray(images[start:start + 4096], dtype=np.float64)[:, disc]
+        total += flat.sum(0)
+        outer += flat.T @ flat
+    mean = total / max(n, 1)
+    cov = (outer - n * np.outer(mean, mean)) / max(n - 1, 1)
+    q = min(components, n - 1, d - 1)
+    power = np.sort(np.clip(np.linalg.eigvalsh(cov), 0.0, None))[::-1][: max(n - 1, 1)]
     return float(np.sqrt(power[q:].sum() / (d - q)))  # the trace is the total variance, whatever n is
