@@ -226,21 +226,19 @@ class TemplateEncoder(PolarEncoder):
         self._grid = None
         self._grid_box = 0
 
-    def rings(self, x: torch.Tensor, offset: int = 0) -> torch.Tensor:
-        """(b, 1, m, m) -> (b, radii, angles) polar samples about the centre moved by ``offsets[offset]`` pixels,
-        √r-weighted, zero-mean and of unit norm."""
-        if offset:
-            m = x.shape[-1]
-            dy, dx = (self.offsets[offset] / ((m - 1) / 2)).tolist()
-            grid = self._polar_grid(x)
-            grid = grid + torch.tensor([dx, dy], dtype=grid.dtype, device=grid.device)
-            p = F.grid_sample(x, grid.expand(x.shape[0], -1, -1, -1).to(x.dtype), mode="bilinear",
-                              padding_mode="zeros", align_corners=True)[:, 0]
-        else:
-            p = self.polar(x)[:, 0]
-        p = p * self.ring_weight
+    def rings(self, x: torch.Tensor) -> torch.Tensor:
+        """(b, 1, m, m) -> (b, offsets, radii, angles) polar samples about the centre moved by each of ``offsets``
+        (pixels; the first is the centre itself), √r-weighted, zero-mean and of unit norm — one grid_sample."""
+        m = x.shape[-1]
+        if getattr(self, "_rings_box", None) != (m, x.device):  # every offset's grid, stacked along the radius
+            shift = (self.offsets.flip(-1) / ((m - 1) / 2)).to(x.device)  # (dy, dx) -> grid (x, y) units
+            self._rings_grid = (self._polar_grid(x) + shift[:, None, None, :]).reshape(1, -1, self.angles, 2)
+            self._rings_box = (m, x.device)
+        grid = self._rings_grid.expand(x.shape[0], -1, -1, -1).to(x.dtype)
+        p = F.grid_sample(x, grid, mode="bilinear", padding_mode="zeros", align_corners=True)[:, 0]
+        p = p.reshape(x.shape[0], len(self.offsets), self.radii, self.angles) * self.ring_weight
         p = p - p.mean((-2, -1), keepdim=True)
-        return p / p.flatten(1).norm(dim=1).clamp_min(1e-6)[:, None, None]
+        return p / p.flatten(2).norm(dim=-1).clamp_min(1e-6)[..., None, None]
 
     @torch.no_grad()
     def initialise(self, images: torch.Tensor, labels: np.ndarray, *, batch: int = 4096) -> None:
@@ -253,7 +251,7 @@ class TemplateEncoder(PolarEncoder):
         for start in range(0, len(images), batch):
             lab = labels[start:start + batch].to(self.templates.device)
             keep = (lab >= 0) & (lab < t)
-            p = self.rings(images[start:start + batch][:, None])[keep]
+            p = self.rings(images[start:start + batch][:, None])[keep, 0]  # the centred samples
             sums.index_add_(0, lab[keep], p)
             counts.index_add_(0, lab[keep], torch.ones_like(lab[keep], dtype=counts.dtype))
         filled = counts > 0
@@ -262,10 +260,10 @@ class TemplateEncoder(PolarEncoder):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         t = self.templates - self.templates.mean((-2, -1), keepdim=True)
         t = t / t.flatten(1).norm(dim=1).clamp_min(1e-6)[:, None, None]
-        ft = torch.fft.rfft(t, dim=-1).conj()
-        corr = torch.cat([torch.fft.irfft(torch.einsum("brk,trk->btk", torch.fft.rfft(self.rings(x, o), dim=-1), ft),
-                                          n=self.angles, dim=-1) for o in range(len(self.offsets))], dim=-1)
-        beta = self.log_beta.exp()  # corr: (b, templates, offsets × angles)
+        spectrum = torch.einsum("bork,trk->btok", torch.fft.rfft(self.rings(x), dim=-1),
+                                torch.fft.rfft(t, dim=-1).conj())
+        corr = torch.fft.irfft(spectrum, n=self.angles, dim=-1).flatten(2)  # (b, templates, offsets × angles)
+        beta = self.log_beta.exp()
         score = (torch.logsumexp(beta * corr, dim=-1) - np.log(corr.shape[-1])) / beta
         return self.head(self.norm(score))
 
