@@ -145,6 +145,16 @@ def agree(stop: bool, ctx: DistContext) -> bool:
     return bool(flag.item() > 0)
 
 
+def maximum(value: float, ctx: DistContext) -> float:
+    """The largest over the processes of a number: what every process should act on when the number is a
+    per-process measurement (a wall-clock elapsed time) that steers the training (its learning rate)."""
+    if not ctx.active:
+        return float(value)
+    t = torch.tensor([float(value)], dtype=torch.float64, device=_device_for(ctx))
+    dist.all_reduce(t, op=dist.ReduceOp.MAX)
+    return float(t.item())
+
+
 def mean(values: Sequence[float] | float, ctx: DistContext):
     """The mean over the processes of a number (or of each number of a sequence)."""
     if not ctx.active:

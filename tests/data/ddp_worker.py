@@ -17,6 +17,7 @@ from napari_cryoden import distributed
 from napari_cryoden.align.udl import DeepAlignParams
 from napari_cryoden.align.udl import iter_train as train_udl
 from napari_cryoden.cluster.siamese import SiameseParams, iter_train_siamese
+from napari_cryoden.denoise import engine
 from napari_cryoden.denoise.engine import default_params, iter_train
 from napari_cryoden.models import save_model
 from napari_cryoden.progress import run
@@ -29,7 +30,17 @@ def main(out: Path) -> None:
     rng = np.random.default_rng(0)  # the same data on every rank
     volume = rng.normal(size=(16, 32, 32)).astype(np.float32)
     params = default_params("fourier-n2n", dims=3, patch_size=16, batch_size=2, epochs=1, base_channels=4,
-                            depth=2, n_predictions=1)
+                            depth=2, n_predictions=1, time_budget=120.0)
+    # The learning rate follows the time budget: make rank 1's clock read 20 s more than rank 0's (a process
+    # that started late or runs slower), which would give the two processes different rates, and so
+    # different weights, if each acted on its own clock.
+    if ctx.rank == 1:
+        class _LateClock(engine.StageClock):
+            def __init__(self, *args, **kwargs):
+                super().__init__(*args, **kwargs)
+                self.start -= 20.0
+
+        engine.StageClock = _LateClock
     model = run(iter_train(volume, params, method="fourier-n2n", seed=3, device="cpu"))
     torch.save({"state": model.net.state_dict(), "history": model.history}, out / f"denoise_rank{ctx.rank}.pt")
     if ctx.is_main:

@@ -541,11 +541,16 @@ class SelfSupervisedMethod(DenoiseMethod):
         warned, first_done = False, None
         # With a time budget, a share of it is kept for the distillation after the loop (Self2Self's student).
         main_budget = budget * (1.0 - self.distill_share(params)) if budget is not None else None
-        while not distributed.agree(state.step >= total_steps or
-                                    (main_budget is not None and clock.elapsed >= main_budget), ctx):
+        while True:
+            # Under torchrun every process acts on the same elapsed time (the slowest process's): the learning
+            # rate follows the time budget, and two clocks read a few ms apart would give two rates and two
+            # sets of weights.
+            elapsed = distributed.maximum(clock.elapsed, ctx) if main_budget is not None else 0.0
+            if state.step >= total_steps or (main_budget is not None and elapsed >= main_budget):
+                break
             progress = state.step / total_steps
             if main_budget is not None:
-                progress = max(progress, clock.elapsed / main_budget)
+                progress = max(progress, elapsed / main_budget)
             lr = _learning_rate(params, progress)
             for group in optimizer.param_groups:
                 group["lr"] = lr
