@@ -110,6 +110,8 @@ def done_runs() -> dict:
 
 
 COMMIT = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True).stdout.strip()
+if subprocess.run(["git", "status", "--porcelain", "src"], cwd=ROOT, capture_output=True, text=True).stdout.strip():
+    COMMIT += "+uncommitted"  # the package differs from that commit: say so in every record
 
 
 def record(row: dict) -> None:
@@ -291,18 +293,21 @@ def part_k(args, done: dict) -> tuple[str, list]:
 
 def part_scale(args, done: dict) -> tuple[str, list]:
     for n in args.n_scale:
-        if ("scale", 0.1, 0, f"siamese {n}") not in done and not args.report_only:
+        if (args.again or ("scale", 0.1, 0, f"siamese {n}") not in done) and not args.report_only:
             scale_run(args, n)
             done = done_runs()
-    rows = [scale_row(r) for key, r in sorted(done.items(), key=lambda item: item[1]["when"])
-            if key[0] == "scale"]
+    every = [json.loads(line) for line in RUNS.read_text().splitlines() if line.strip()] if RUNS.exists() else []
+    rows = [scale_row(r) for r in sorted(every, key=lambda r: r["when"]) if r["part"] == "scale"]  # every run
     if not rows:
         return "(not run yet)", []
     text = "\n\n".join([
         "The default Siamese pipeline on 10⁴ and 10⁵ particles of the hard benchmark's kind (SNR 0.1, 9 "
         "unbalanced classes, phase-flipped CTF) read from a memory-mapped MRC stack (`--part scale --n-scale N`). "
         "Peak host memory is the peak resident set (VmHWM) of the process that clustered, which only read the "
-        "stack; \"before clustering\" is its resident set (VmRSS) after opening the memory map.",
+        "stack; \"before clustering\" is its resident set (VmRSS) after opening the memory map. Peak anonymous / "
+        "file-backed: the largest of each part of the resident set, sampled every 0.1 s (file-backed pages are "
+        "the memory-mapped stack's and the libraries'). Every run is listed, oldest first: the commit column says "
+        "which code ran, the load column whether other work shared the CPU.",
         markdown_table(rows)])
     return text, rows
 
@@ -313,6 +318,8 @@ def scale_row(r: dict) -> dict:
             **{f"{k} (s)": round(v) for k, v in r["stages"].items() if k != "total"},
             "peak host memory (GB)": round(r["peak RSS GB"], 2),
             "of which before clustering (GB)": round(r.get("RSS before GB", float("nan")), 2),
+            "peak anonymous / file-backed (GB)": (f"{r['peak anonymous GB']:.2f} / {r['peak file-backed GB']:.2f}"
+                                                  if "peak anonymous GB" in r else "not sampled"),
             "stack on disk (GB)": round(r["stack GB"], 2), "torch threads": r.get("torch threads", "?"),
             "load at the end": round(r.get("load", float("nan")), 1), "commit": r.get("commit", "?"),
             "when": r.get("when", "")}
@@ -345,6 +352,7 @@ def scale_run(args, n_scale: int) -> None:
                 **scores(truth, np.asarray(child["labels"])), "seconds": child["seconds"],
                 "stages": child["stages"], "peak RSS GB": child["peak RSS GB"],
                 "RSS before GB": child["RSS before GB"], "stack GB": os.path.getsize(path) / 2**30,
+                "peak anonymous GB": child["peak anonymous GB"], "peak file-backed GB": child["peak file-backed GB"],
                 "simulation seconds": sim_seconds})
 
 
@@ -364,13 +372,29 @@ def _memory_gb(field: str) -> float:
 
 def scale_child(path: str) -> None:
     """Cluster the memory-mapped stack at ``path`` and print labels, time and peak memory as one JSON line."""
+    import threading
+
     stack = read_mrc(path, mmap=True).data
     base_rss = _memory_gb("VmRSS")
+    peaks = {"RssAnon": 0.0, "RssFile": 0.0}
+    running = True
+
+    def sample() -> None:  # the kernel keeps no peak of the anonymous part alone: sample it
+        while running:
+            for field in peaks:
+                peaks[field] = max(peaks[field], _memory_gb(field))
+            time.sleep(0.1)
+
+    sampler = threading.Thread(target=sample, daemon=True)
+    sampler.start()
     t = time.perf_counter()
     res = cluster(stack, K_TRUE, method="siamese")
     seconds = time.perf_counter() - t
+    running = False
+    sampler.join()
     print(json.dumps({"labels": res.labels.tolist(), "seconds": seconds, "stages": res.info["seconds"],
-                      "peak RSS GB": _memory_gb("VmHWM"), "RSS before GB": base_rss}))
+                      "peak RSS GB": _memory_gb("VmHWM"), "RSS before GB": base_rss,
+                      "peak anonymous GB": peaks["RssAnon"], "peak file-backed GB": peaks["RssFile"]}))
 
 
 def main() -> None:
@@ -397,6 +421,8 @@ def main() -> None:
                     choices=("pca-kmeans", "pca-kmeans-mra", "siamese"))
     ap.add_argument("--k-snrs", type=float, nargs="+", default=[0.1, 0.05])
     ap.add_argument("--n-scale", type=int, nargs="+", default=[10_000, 100_000])
+    ap.add_argument("--again", action="store_true",
+                    help="scale: run the sizes even if they were recorded before (the newest run of each is reported)")
     ap.add_argument("--scratch", default=None, help="folder for the scale part's temporary stack")
     ap.add_argument("--fresh", action="store_true", help="forget earlier runs (clustering_runs.jsonl)")
     ap.add_argument("--dry-run", action="store_true", help="print the tables instead of writing the docs")

@@ -422,3 +422,45 @@ def test_fifo_and_folder_do_not_hang(tmp_path):
         read_mrc(fifo)
     with pytest.raises(CryodenInputError, match="is a folder"):
         read_mrc(tmp_path)
+
+
+def test_release_pages_keeps_the_data_and_leaves_other_arrays_alone(tmp_path):
+    """Dropping a read-only memory map's pages from the resident set changes nothing that is read from it;
+    arrays in memory and writable maps are not touched."""
+    from napari_cryoden.io.mrc import release_pages
+
+    data = np.arange(4 * 8 * 8, dtype=np.float32).reshape(4, 8, 8)
+    write_mrc(tmp_path / "s.mrcs", data, voxel_size=1.0, is_stack=True)
+    mapped = read_mrc(tmp_path / "s.mrcs", mmap=True).data
+    view = np.asarray(mapped)[1:3]  # a plain ndarray view of the map, as the pipeline holds it
+    before = view.copy()
+    release_pages(view)
+    release_pages(mapped)
+    np.testing.assert_array_equal(view, before)
+    np.testing.assert_array_equal(mapped, data)
+    in_memory = data.copy()
+    release_pages(in_memory)
+    np.testing.assert_array_equal(in_memory, data)
+    writable = np.memmap(tmp_path / "w.raw", dtype=np.float32, mode="w+", shape=(8,))
+    writable[:] = 7.0
+    release_pages(writable)  # a writable map's unsaved pages must survive
+    np.testing.assert_array_equal(writable, 7.0)
+
+
+@pytest.mark.skipif(not os.path.exists("/proc/self/status"), reason="reads the resident set from /proc")
+def test_release_pages_shrinks_the_resident_set(tmp_path):
+    from napari_cryoden.io.mrc import release_pages
+
+    def file_backed_mb() -> float:
+        for line in open("/proc/self/status"):
+            if line.startswith("RssFile:"):
+                return int(line.split()[1]) / 1024
+        return float("nan")
+
+    write_mrc(tmp_path / "big.mrcs", np.ones((128, 256, 256), np.float32), voxel_size=1.0, is_stack=True)  # 32 MB
+    mapped = np.asarray(read_mrc(tmp_path / "big.mrcs", mmap=True).data)
+    start = file_backed_mb()
+    assert float(mapped.sum()) == 128 * 256 * 256
+    read = file_backed_mb()
+    release_pages(mapped)
+    assert read - start > 24 and read - file_backed_mb() > 24, (start, read, file_backed_mb())

@@ -84,3 +84,31 @@ def test_torch_in_torch_out_and_batched_equals_looped(rng):
 def test_fourier_shift_is_exact_for_integers(rng):
     img = rng.normal(size=(16, 16))
     np.testing.assert_allclose(fourier_shift(img, [2, 3]), np.roll(img, (3, 2), axis=(0, 1)), atol=1e-10)
+
+
+def test_chunked_interpolation_equals_one_piece(monkeypatch):
+    """A stack interpolated CHUNK images at a time (numpy and torch, memory map too) equals it in one piece."""
+    from napari_cryoden.align import transforms
+
+    rng = np.random.default_rng(3)
+    x = rng.normal(size=(11, 16, 16)).astype(np.float32)
+    angles, shifts = rng.uniform(0, 360, 11), rng.uniform(-2, 2, (11, 2))
+    whole_a = transforms.align_images(x, angles=angles, shifts=shifts)
+    whole_t = transforms.transform_images(torch.as_tensor(x), angles=angles, shifts=shifts)
+    monkeypatch.setattr(transforms, "CHUNK", 4)
+    read_only = x.copy()
+    read_only.flags.writeable = False  # as a memory map is
+    np.testing.assert_array_equal(transforms.align_images(read_only, angles=angles, shifts=shifts), whole_a)
+    np.testing.assert_array_equal(transforms.transform_images(torch.as_tensor(x), angles=angles, shifts=shifts).numpy(),
+                                  whole_t.numpy())
+    assert transforms.align_images(x[0], angles=30.0).shape == (16, 16)
+
+
+def test_rows_source_reads_only_its_rows():
+    from napari_cryoden.align.sources import RowsSource
+
+    x = np.arange(6 * 4 * 4, dtype=np.float32).reshape(6, 4, 4)
+    src = RowsSource(x, [4, 1, 2])
+    assert len(src) == 3 and src.box == 4
+    np.testing.assert_array_equal(src.read(0, 2), x[[1, 2]])
+    np.testing.assert_array_equal(src.read(2, 3), x[[4]])

@@ -15,6 +15,7 @@ import numpy as np
 import pandas as pd
 
 from ..errors import CryodenInputError, require_finite
+from ..io.mrc import release_pages
 from ..io.star import ParticleTable, make_optics_table, read_particle_images
 
 
@@ -37,7 +38,27 @@ class ArraySource:
         return int(self.images.shape[-1])
 
     def read(self, start: int, stop: int) -> np.ndarray:
+        release_pages(self.images)  # the previous blocks of a memory-mapped stack leave the resident set
         block = np.asarray(self.images[start:stop], dtype=np.float32)
+        if not np.isfinite(block).all():
+            require_finite(block, name=self.name)
+        return block
+
+
+class RowsSource(ArraySource):
+    """The images ``rows`` (sorted indices) of an (n, y, x) array or memory map, read batch by batch (a class's
+    members are never copied out of the stack at once)."""
+
+    def __init__(self, images, rows, *, pixel_size: float = 1.0, name: str | os.PathLike | None = None):
+        super().__init__(images, pixel_size=pixel_size, name=name)
+        self.rows = np.sort(np.asarray(rows, dtype=np.int64))
+
+    def __len__(self) -> int:
+        return len(self.rows)
+
+    def read(self, start: int, stop: int) -> np.ndarray:
+        release_pages(self.images)
+        block = np.asarray(self.images[self.rows[start:stop]], dtype=np.float32)
         if not np.isfinite(block).all():
             require_finite(block, name=self.name)
         return block

@@ -103,23 +103,50 @@ def transform_images(images, *, angles, shifts=None, mode: str = "bicubic"):
     mode
         ``grid_sample`` interpolation: "bicubic" (default), "bilinear" or "nearest".
     """
-    t, was_numpy = _as_tensor(images)
-    single = t.ndim == 2
-    if single:
-        t = t[None]
+    return _chunked(_transform, images, angles, shifts, mode)
+
+
+def _transform(t: torch.Tensor, theta: torch.Tensor, o: torch.Tensor | None, mode: str) -> torch.Tensor:
     n, h, w = t.shape
-    theta = torch.deg2rad(_per_image(angles, n, like=t))[:, None, None]
     yy, xx = _centred_grid(h, w, like=t)
-    if shifts is not None:
-        o = _per_image(shifts, n, like=t, width=2)
+    if o is not None:
         px, py = xx[None] + o[:, 0, None, None], yy[None] + o[:, 1, None, None]
     else:
         px, py = xx[None].expand(n, h, w), yy[None].expand(n, h, w)
-    c, s = torch.cos(theta), torch.sin(theta)
-    out = _sample(t, c * px - s * py, s * px + c * py, mode)
+    c, s = torch.cos(theta)[:, None, None], torch.sin(theta)[:, None, None]
+    return _sample(t, c * px - s * py, s * px + c * py, mode)
+
+
+#: Images interpolated at a time: the sampling grids and coordinates are ~6 copies of the images, so a whole
+#: stack of 10^5 particles at once needed ~3 GB more than its own size (docs/cluster.md, "Limits").
+CHUNK = 4096
+
+
+def _chunked(fn, images, angles, shifts, mode: str):
+    """Apply ``fn(t, theta, origins, mode)`` to (n, h, w) ``images`` (or one (h, w) image) :data:`CHUNK` images
+    at a time; a numpy input (a memory map too) is read chunk by chunk into one numpy output."""
+    as_numpy = not isinstance(images, torch.Tensor)
+    if as_numpy:
+        images = np.asarray(images)
+    single = images.ndim == 2
     if single:
-        out = out[0]
-    return out.cpu().numpy() if was_numpy else out
+        images = images[None]
+    n = images.shape[0]
+    like = _as_tensor(images[:1])[0] if as_numpy else images
+    theta = torch.deg2rad(_per_image(angles, n, like=like))
+    o = _per_image(shifts, n, like=like, width=2) if shifts is not None else None
+    if as_numpy:
+        out = np.empty(images.shape, np.float64 if like.dtype == torch.float64 else np.float32)
+        for start in range(0, n, CHUNK):
+            stop = min(n, start + CHUNK)
+            t = _as_tensor(images[start:stop])[0]
+            out[start:stop] = fn(t, theta[start:stop], None if o is None else o[start:stop], mode).cpu().numpy()
+    elif n <= CHUNK:
+        out = fn(images, theta, o, mode)
+    else:
+        out = torch.cat([fn(images[s:s + CHUNK], theta[s:s + CHUNK], None if o is None else o[s:s + CHUNK], mode)
+                         for s in range(0, n, CHUNK)])
+    return out[0] if single else out
 
 
 def align_images(images, *, angles, shifts=None, mode: str = "bicubic"):
@@ -127,22 +154,17 @@ def align_images(images, *, angles, shifts=None, mode: str = "bicubic"):
 
     Shifts the particle by the origin (back to the centre) and rotates it back, in one interpolation.
     """
-    t, was_numpy = _as_tensor(images)
-    single = t.ndim == 2
-    if single:
-        t = t[None]
-    n, h, w = t.shape
-    theta = torch.deg2rad(_per_image(angles, n, like=t))[:, None, None]
+    return _chunked(_align, images, angles, shifts, mode)
+
+
+def _align(t: torch.Tensor, theta: torch.Tensor, o: torch.Tensor | None, mode: str) -> torch.Tensor:
+    h, w = t.shape[-2:]
     yy, xx = _centred_grid(h, w, like=t)
-    c, s = torch.cos(theta), torch.sin(theta)
+    c, s = torch.cos(theta)[:, None, None], torch.sin(theta)[:, None, None]
     qx, qy = c * xx + s * yy, -s * xx + c * yy  # R(-psi) q
-    if shifts is not None:
-        o = _per_image(shifts, n, like=t, width=2)
+    if o is not None:
         qx, qy = qx - o[:, 0, None, None], qy - o[:, 1, None, None]
-    out = _sample(t, qx, qy, mode)
-    if single:
-        out = out[0]
-    return out.cpu().numpy() if was_numpy else out
+    return _sample(t, qx, qy, mode)
 
 
 def fourier_shift(images, shifts):

@@ -8,8 +8,11 @@ from dataclasses import dataclass
 import numpy as np
 
 from ..align.cross_correlation import ClassicalParams, iter_align_to_reference
+from ..align.sources import RowsSource
 from ..align.transforms import align_images
+from ..io.mrc import release_pages
 from ..progress import ProgressEvent
+from .mra import class_means
 
 
 @dataclass(frozen=True)
@@ -27,18 +30,10 @@ class ClassAverages:
     distance: np.ndarray
 
 
-def mean_aligned(images: np.ndarray, labels: np.ndarray, k: int, angles, origins, *, batch: int = 2048
-                 ) -> tuple[np.ndarray, np.ndarray]:
-    """(k, N, N) means of each class's members after ``align_images(particle, angle, origin)``; counts (k,)."""
-    n, box = images.shape[0], images.shape[-1]
-    sums = np.zeros((k, box, box), np.float64)
-    for start in range(0, n, batch):
-        stop = min(n, start + batch)
-        aligned = align_images(np.asarray(images[start:stop], dtype=np.float32), angles=angles[start:stop],
-                               shifts=origins[start:stop])
-        np.add.at(sums, labels[start:stop], aligned)
-    counts = np.bincount(labels, minlength=k)
-    return (sums / np.maximum(counts, 1)[:, None, None]).astype(np.float32), counts
+def mean_aligned(images: np.ndarray, labels: np.ndarray, k: int, angles, origins) -> tuple[np.ndarray, np.ndarray]:
+    """(k, N, N) means of each class's members after ``align_images(particle, angle, origin)`` (bicubic);
+    counts (k,)."""
+    return class_means(images, labels, k, np.asarray(angles), np.asarray(origins), mode="bicubic")
 
 
 def size_order(labels: np.ndarray, k: int) -> np.ndarray:
@@ -71,13 +66,19 @@ def iter_class_averages(images: np.ndarray, labels: np.ndarray, k: int, *, angle
             rows = np.flatnonzero(labels == c)
             if not len(rows) or not np.any(averages[c]):
                 continue
-            res = yield from iter_align_to_reference(images[rows], averages[c], params, device=device,
-                                                     keep_aligned=True)
+            res = yield from iter_align_to_reference(RowsSource(images, rows), averages[c], params, device=device,
+                                                     keep_aligned=False)
             angles[rows], origins[rows], score[rows] = res.angles, res.origins, res.scores
+            release_pages(images)
             averages[c] = res.average
     else:
-        aligned_norm = _unit(align_images(images, angles=angles, shifts=origins))
-        score = np.einsum("nij,nij->n", aligned_norm, _unit(averages)[labels])
+        unit_averages = _unit(averages)
+        for start in range(0, n, 4096):  # batch by batch: a float64 copy of a 10^5 stack would be GBs
+            stop = min(n, start + 4096)
+            aligned = _unit(align_images(np.asarray(images[start:stop]), angles=angles[start:stop],
+                                         shifts=origins[start:stop]))
+            score[start:stop] = np.einsum("nij,nij->n", aligned, unit_averages[labels[start:stop]])
+            release_pages(images)
     distance = np.sqrt(np.clip(2.0 - 2.0 * score, 0.0, None))
     return ClassAverages(averages, counts, angles, origins, score, distance)
 

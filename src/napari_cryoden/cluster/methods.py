@@ -20,7 +20,7 @@ from ..models import ModelFile
 from ..params import param
 from ..progress import ProgressEvent
 from .mra import MRAParams, RotationalSearch, align_within_classes, iter_mra
-from .pseudo_labels import kmeans_labels, pca_features
+from .pseudo_labels import kmeans_labels, label_confidence, pca_features
 from .siamese import SiameseParams, iter_train_siamese
 
 
@@ -140,13 +140,16 @@ class Siamese(ClusterMethod):
     def classify(self, masked, k, params, *, searcher, device="cpu", model=None, train=True, checkpoint=None,
                  resume=False, pca=None):
         n = len(masked)
+        confidence = None
         if model is not None and not train:
             start = np.zeros(n, np.int64)
-        else:
-            start, _ = kmeans_labels(_scores(masked, params, pca), k, seed=params.seed)
+        else:  # the scores the labels came from also rank them (no second PCA of the stack)
+            scores = _scores(masked, params, pca)
+            start, _ = kmeans_labels(scores, k, seed=params.seed)
+            confidence = label_confidence(scores, start, k)
         info: dict[str, Any] = {"initial_labels": start}
         sres = yield from iter_train_siamese(masked, k, start, params, device=device, model=model, train=train,
-                                             checkpoint=checkpoint, resume=resume)
+                                             checkpoint=checkpoint, resume=resume, confidence=confidence)
         info["history"] = sres.history
         info["siamese_labels"] = sres.labels.copy()
         labels, a, o = yield from _refine_or_align(masked, k, sres.labels, params, searcher=searcher, device=device,

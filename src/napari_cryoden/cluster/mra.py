@@ -22,6 +22,7 @@ import torch
 
 from ..align.cross_correlation import ClassicalParams, iter_align_reference_free
 from ..align.transforms import align_images, transform_images
+from ..io.mrc import release_pages
 from ..params import param, validate
 from ..progress import ProgressEvent, StageClock
 from .pseudo_labels import soft_mask
@@ -57,7 +58,7 @@ class Prealignment:
 
     angles: np.ndarray
     origins: np.ndarray
-    aligned: np.ndarray
+    aligned: np.ndarray | None  # None once the clustering front end has masked it in place
     scale: float
 
 
@@ -149,12 +150,20 @@ class RotationalSearch:
         return scores, self.angles[best_a], origins
 
 
-def class_means(images: np.ndarray, labels: np.ndarray, k: int, angles: np.ndarray, origins: np.ndarray
-                ) -> tuple[np.ndarray, np.ndarray]:
-    """(k, m, m) means of each class's members aligned by (angles, origins), and the counts (k,)."""
-    aligned = align_images(np.asarray(images, dtype=np.float32), angles=angles, shifts=origins, mode="bilinear")
-    sums = np.zeros((k,) + aligned.shape[1:], np.float64)
-    np.add.at(sums, labels, aligned)
+def class_means(images: np.ndarray, labels: np.ndarray, k: int, angles, origins, *, mode: str = "bilinear",
+                batch: int = 4096) -> tuple[np.ndarray, np.ndarray]:
+    """(k, m, m) means of each class's members after ``align_images(particle, angle, origin)`` (``mode``
+    interpolation), and the counts (k,). Read and aligned ``batch`` particles at a time, so a memory-mapped
+    stack stays on disk and no aligned copy of the whole stack is made."""
+    n, box = images.shape[0], images.shape[-1]
+    labels = np.asarray(labels)
+    sums = np.zeros((k, box, box), np.float64)
+    for start in range(0, n, batch):
+        stop = min(n, start + batch)
+        aligned = align_images(np.asarray(images[start:stop], dtype=np.float32), angles=angles[start:stop],
+                               shifts=origins[start:stop], mode=mode)
+        np.add.at(sums, labels[start:stop], aligned)
+        release_pages(images)
     counts = np.bincount(labels, minlength=k)
     return (sums / np.maximum(counts, 1)[:, None, None]).astype(np.float32), counts
 

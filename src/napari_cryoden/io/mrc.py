@@ -724,3 +724,26 @@ def _set_header_stats(mrc, *, chunk_bytes: int = 64 << 20) -> None:
     mean = total / count
     mrc.header.dmin, mrc.header.dmax, mrc.header.dmean = lo, hi, mean
     mrc.header.rms = float(np.sqrt(max(total_sq / count - mean * mean, 0.0)))
+
+
+def release_pages(array) -> None:
+    """Drop the pages of a read-only memory-mapped ``array`` (e.g. a stack from ``read_mrc(mmap=True)``) from
+    this process's resident memory, after a pass over it.
+
+    They stay in the kernel's page cache and are read back on the next access, so nothing changes but the
+    process's resident set, which would otherwise grow to the whole file as a pass reads it (1.5 GB for 10⁵
+    particles of 64²). Anything that is not a read-only memory map (arrays in memory, copy-on-write or writable
+    maps, whose pages may hold changes) is left alone.
+    """
+    import mmap as _mmap
+
+    while array is not None and not isinstance(array, np.memmap):  # np.asarray(a memmap) is a plain view of it
+        array = getattr(array, "base", None)
+    if array is None or getattr(array, "mode", None) not in ("r", "readonly"):
+        return
+    mapping = getattr(array, "_mmap", None)
+    if mapping is not None and hasattr(mapping, "madvise") and hasattr(_mmap, "MADV_DONTNEED"):
+        try:
+            mapping.madvise(_mmap.MADV_DONTNEED)
+        except (OSError, ValueError):  # a closed map, or a platform that refuses: only a missed saving
+            pass
