@@ -144,3 +144,17 @@ def test_compare_table_and_frc(make_napari_viewer, qtbot):
     assert viewer.grid.enabled
     assert isinstance(pd.DataFrame([{k: v for k, v in r.items() if k != "curve"} for r in w.results.values()]),
                       pd.DataFrame)
+
+
+def test_align_with_the_shipped_pretrained_network(particle_viewer, qtbot):
+    viewer, sim = particle_viewer
+    _, w = viewer.window.add_plugin_dock_widget(PLUGIN, "Align")
+    w.stack.value = viewer.layers["particles"]
+    w.method.value = "judl"
+    w.load_pretrained()
+    assert w.model is not None and w.model.kind == "align/judl" and w.model_label.value.startswith("pretrained")
+    w.run()
+    _wait(w, qtbot)
+    assert viewer.layers["particles average"].metadata["trained_here"] is False  # applied, not trained
+    feats = viewer.layers["particles angles"].features
+    assert "network_psi" in feats and np.isfinite(feats["psi"]).all() and len(feats) == 40

@@ -214,6 +214,11 @@ def check_model(model: ModelFile, *, path=None, box: int | None = None, where=No
         raise CryodenInputError(path, f"this {model.kind} model has the network "
                                       f"{arch or 'of an older napari-cryoden (rotation-equivariant matcher)'}, "
                                       f"this version needs {ARCHITECTURE}: train a new model (--save-model)")
+    if box is not None and model.config.get("any_box"):  # a general model (the shipped ones): any box it can see
+        if box < model.config["spectrum_size"]:
+            raise CryodenInputError(path, f"the model looks at {model.config['spectrum_size']}² spectra; "
+                                          f"{'the particles' if where is None else where} are {box}², smaller")
+        return
     if box is not None and model.config.get("box") != box:
         raise CryodenInputError(path, f"the model was trained on {model.config.get('box')}² particles, "
                                       f"{'the particles' if where is None else where} are {box}²")

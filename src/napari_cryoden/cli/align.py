@@ -86,7 +86,8 @@ def _align_one(args) -> int:
     chosen = methods()[args.method]
     params, deep = _params(args, chosen)  # settings errors before any file is read
     inputs = check_outputs((args.output, args.aligned, args.average, args.save_model),
-                           inputs=(args.input, args.reference, args.model), overwrite=args.overwrite)
+                           inputs=(args.input, args.reference, None if args.model == "pretrained" else args.model),
+                           overwrite=args.overwrite)
     if not str(args.output).lower().endswith(".star"):
         raise CryodenInputError(args.output, "the output must be a .star file")
     if not chosen.trains and (args.model or args.save_model):
@@ -169,12 +170,17 @@ def _params(args, chosen):
 
 def _deep_model(args, chosen, box: int):
     """The --model file checked against the method and the particles' box (errors name the file), or None."""
-    from ..models import load_model
+    from ..models import PRETRAINED_NAME, load_model, load_pretrained, pretrained_path
 
     if not args.model:
         return None
-    model = load_model(args.model, kind="align")
-    chosen.check_model(model, path=args.model, box=box, where=f"the particles of {args.input}")
+    if args.model == PRETRAINED_NAME:  # the model shipped in the package (no network needed)
+        model, path = load_pretrained(chosen.model_kind), pretrained_path(chosen.model_kind)
+        print(f"using the pretrained {args.method} model ({path.name}, trained on "
+              f"{model.extra.get('training_data', 'simulated data')})")
+    else:
+        model, path = load_model(args.model, kind="align"), args.model
+    chosen.check_model(model, path=path, box=box, where=f"the particles of {args.input}")
     return model
 
 
@@ -219,7 +225,8 @@ def register(commands: dict) -> None:
     p.add_argument("--aligned", help="write the aligned stack (.mrcs)")
     p.add_argument("--average", help="write the average of the aligned particles (.mrc)")
     p.add_argument("--ctf", action="store_true", help="use the STAR file's defocus as a matched filter")
-    p.add_argument("--model", help="trained udl/judl model to use (or to continue training with --epochs)")
+    p.add_argument("--model", help="trained udl/judl model to use, or 'pretrained' for the model shipped with "
+                                   "napari-cryoden (with --time-budget / --epochs it is fine-tuned on the input first)")
     p.add_argument("--save-model", help="write the trained udl/judl model")
     p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:1, mps")
     p.add_argument("--seed", type=int, default=0, help="random seed (default: 0)")

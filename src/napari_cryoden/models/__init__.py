@@ -101,3 +101,28 @@ def load_model(path: str | os.PathLike, *, kind: str | None = None) -> ModelFile
     return ModelFile(kind=payload["kind"], config=payload["config"], state_dict=payload["state_dict"],
                      normalization=payload.get("normalization", {}), extra=payload.get("extra", {}),
                      created=payload.get("created", ""), version=payload.get("version", ""))
+
+
+#: Models shipped inside the package (trained by ``scripts/train_align_models.py``), by kind.
+PRETRAINED = {"align/udl": "align_udl.pt", "align/judl": "align_judl.pt"}
+
+#: What ``--model`` (and the widgets) accept to mean the shipped model of the chosen method.
+PRETRAINED_NAME = "pretrained"
+
+
+def pretrained_path(kind: str) -> Path:
+    """Where the shipped model of ``kind`` lives in the installed package (it may be missing)."""
+    if kind not in PRETRAINED:
+        shipped = ", ".join(sorted(PRETRAINED))
+        raise CryodenInputError(None, f"no pretrained {kind} model is shipped (there are: {shipped})")
+    return Path(__file__).with_name(PRETRAINED[kind])
+
+
+def load_pretrained(kind: str) -> ModelFile:
+    """The shipped model of ``kind``, read offline from the package; a missing or unreadable file is a
+    :class:`CryodenInputError` naming it and saying how to get it back."""
+    path = pretrained_path(kind)
+    if not path.is_file():
+        raise CryodenInputError(path, f"the pretrained {kind} model is not installed: reinstall napari-cryoden, or "
+                                      "train it with scripts/train_align_models.py")
+    return load_model(path, kind=kind)

@@ -22,7 +22,7 @@ from ...align.result import with_alignment
 from ...align.udl import DeepAlignParams
 from ...errors import CryodenInputError
 from ...io.star import write_star
-from ...models import ModelFile, load_model, save_model
+from ...models import ModelFile, load_model, load_pretrained, pretrained_path, save_model
 from ...params import as_dict
 from ...simulate import project_map
 from ..export import derived_metadata, layer_particle_table, open_sources, source_particle_table
@@ -81,8 +81,12 @@ class AlignWidget(ScrollingDock):
         self.retrain = CheckBox(label="train the loaded model further", value=False)
         self.save_button = PushButton(text="Save model…")
         self.load_button = PushButton(text="Load model…")
+        self.pretrained_button = PushButton(text="Pretrained", tooltip="the model shipped with napari-cryoden for "
+                                            "this method (trained on simulated data, any box); tick 'train the "
+                                            "loaded model further' to fine-tune it on this stack first")
         self.model_label = Label(value="no model")
-        model_row = Container(widgets=[self.save_button, self.load_button, self.model_label], layout="horizontal",
+        model_row = Container(widgets=[self.save_button, self.load_button, self.pretrained_button, self.model_label],
+                              layout="horizontal",
                               labels=False)
         self.deep_box = Container(widgets=[self.deep_form, self.retrain, model_row], labels=False)
         self.button = PushButton(text="Align")
@@ -98,6 +102,7 @@ class AlignWidget(ScrollingDock):
         self.export_button.changed.connect(self._export)
         self.save_button.changed.connect(self._save_model)
         self.load_button.changed.connect(self._load_model)
+        self.pretrained_button.changed.connect(self.load_pretrained)
         self.method.changed.connect(self._method_changed)
         self.result = None
         self.source_layer = None
@@ -155,7 +160,8 @@ class AlignWidget(ScrollingDock):
         model, result = out
         if model is not None:
             self.model = model
-            self.model_label.value = f"{model.kind.split('/')[-1]} model, {model.config.get('box')}²"
+            box = "any box" if model.config.get("any_box") else f"{model.config.get('box')}²"
+            self.model_label.value = f"{model.kind.split('/')[-1]} model, {box}"
             self.model_path = None  # trained here
             self._method_changed()
         self.result, self.source_layer = result, layer
@@ -199,6 +205,18 @@ class AlignWidget(ScrollingDock):
         if path:
             self.load_model_from(path)
 
+    def load_pretrained(self, *_) -> None:
+        """Load the shipped model of the chosen method (udl or judl)."""
+        chosen = self._methods[self.method.value]
+        try:
+            model = load_pretrained(chosen.model_kind)
+        except CryodenInputError as exc:
+            notify_error(exc)
+            return
+        self.model, self.model_path = model, str(pretrained_path(chosen.model_kind))
+        self.model_label.value = f"pretrained {self.method.value} model (any box)"
+        self._method_changed()
+
     def load_model_from(self, path: str) -> None:
         try:
             model = load_model(path, kind="align")
@@ -211,7 +229,8 @@ class AlignWidget(ScrollingDock):
             return
         self.model = model
         self.method.value = model.kind.split("/")[-1]
-        self.model_label.value = f"{self.method.value} model, {model.config.get('box')}²"
+        box = "any box" if model.config.get("any_box") else f"{model.config.get('box')}²"
+        self.model_label.value = f"{self.method.value} model, {box}"
         self.model_path = str(path)
         self._method_changed()
 
