@@ -156,5 +156,6 @@ def test_align_with_the_shipped_pretrained_network(particle_viewer, qtbot):
     w.run()
     _wait(w, qtbot)
     assert viewer.layers["particles average"].metadata["trained_here"] is False  # applied, not trained
+    assert w.model_label.value.startswith("pretrained")  # still the shipped model, not "trained here"
     feats = viewer.layers["particles angles"].features
     assert "network_psi" in feats and np.isfinite(feats["psi"]).all() and len(feats) == 40

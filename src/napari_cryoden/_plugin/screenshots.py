@@ -74,7 +74,7 @@ def widget_screenshots(outdir: str | Path, *, budget: float = 60.0, only: str | 
     """One screenshot per dock widget, each after a real run on simulated data; returns the PNG paths.
 
     ``budget``: seconds of Self2Self training in the Denoise screenshot. ``only="cluster"``: just the
-    Cluster widget's two screenshots.
+    Cluster widget's two screenshots; ``only="align"``: just the Align widget's (the shipped UDL model).
     """
     import os
     import tempfile
@@ -101,16 +101,22 @@ def widget_screenshots(outdir: str | Path, *, budget: float = 60.0, only: str | 
         if only == "cluster":
             viewer.window.remove_dock_widget("all")
             return cluster_screenshots(viewer, stack, outdir)
-        shots.append(save(viewer, outdir / "widget_simulate.png"))
+        if only != "align":
+            shots.append(save(viewer, outdir / "widget_simulate.png"))
         _, al = viewer.window.add_plugin_dock_widget("napari-cryoden", "Align")
         al.stack.value = viewer.layers[stack]
+        al.method.value = "udl"  # the shipped network, refined near its angle (the form shows the model row)
+        al.load_pretrained()
         run_and_wait(al, al.run)
         for name in (f"{stack} aligned", f"{stack} class references", f"{stack} average"):
-            viewer.layers[name].visible = False
+            if name in viewer.layers:
+                viewer.layers[name].visible = False
         viewer.layers.selection.active = viewer.layers[stack]
         viewer.dims.current_step = (4, 0, 0)
         settle(viewer)
         shots.append(save(viewer, outdir / "widget_align.png"))
+        if only == "align":
+            return shots
         viewer.window.remove_dock_widget("all")
         shots += cluster_screenshots(viewer, stack, outdir)
         viewer.window.remove_dock_widget("all")

@@ -158,7 +158,7 @@ class AlignWidget(ScrollingDock):
 
     def _done(self, out, layer, meta):
         model, result = out
-        if model is not None:
+        if model is not None and meta.get("trained_here"):  # a model applied as loaded keeps its label and file
             self.model = model
             box = "any box" if model.config.get("any_box") else f"{model.config.get('box')}²"
             self.model_label.value = f"{model.kind.split('/')[-1]} model, {box}"
