@@ -94,3 +94,30 @@ def write_section(name: str, title: str, body: str, results: dict) -> None:
     text = pattern.sub(lambda _: section, text) if pattern.search(text) else text.rstrip() + "\n\n" + section + "\n"
     DOC.write_text(text)
     print(f"updated {DOC} [{name}]")
+
+
+def code_version() -> str:
+    """The short commit, with "+uncommitted" when the package (src/) differs from it."""
+    def git(*args: str) -> str:
+        return subprocess.run(["git", *args], cwd=ROOT, capture_output=True, text=True).stdout.strip()
+
+    return git("rev-parse", "--short", "HEAD") + ("+uncommitted" if git("status", "--porcelain", "src") else "")
+
+
+def read_runs(path: Path) -> list[dict]:
+    """Every record of a JSON-lines run log (oldest first); [] when there is none yet."""
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()] if path.exists() else []
+
+
+def append_run(path: Path, row: dict) -> dict:
+    """Append ``row`` to a run log with when, load, code version and torch threads; returns the record."""
+    import time
+
+    import torch
+
+    row = {**row, "when": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()), "load": os.getloadavg()[0],
+           "commit": code_version(), "torch threads": torch.get_num_threads()}
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with path.open("a") as fh:
+        fh.write(json.dumps(row) + "\n")
+    return row

@@ -12,16 +12,14 @@ SNR 1 / 0.1 / 0.05, no CTF, seed 1; the table is the median error of the network
 from __future__ import annotations
 
 import argparse
-import json
 import sys
-import time
 from pathlib import Path
 
 import numpy as np
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _record import RESULTS, machine, machine_line, write_section  # noqa: E402
+from _record import RESULTS, append_run, machine, machine_line, read_runs, write_section  # noqa: E402
 
 from napari_cryoden.align.udl import build_network, network_angle_error, predict_relative_angles  # noqa: E402
 from napari_cryoden.io.mrc import read_mrc  # noqa: E402
@@ -57,16 +55,12 @@ def main() -> None:
     for item in args.models:
         label, path = item.split("=", 1)
         model = load_model(path, kind="align")
-        row = {"candidate": label, "kind": model.kind, "training data": model.extra.get("training_data", "?"),
-               "steps": model.extra.get("steps"), **errors(path),
-               "when": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())}
-        RUNS.parent.mkdir(parents=True, exist_ok=True)
-        with RUNS.open("a") as fh:
-            fh.write(json.dumps(row) + "\n")
-        print(row, flush=True)
-    rows = [json.loads(line) for line in RUNS.read_text().splitlines() if line.strip()] if RUNS.exists() else []
-    table = [{k: (f"{v:.1f}" if isinstance(v, float) else v) for k, v in r.items() if k != "training data"}
-             for r in rows]
+        print(append_run(RUNS, {"candidate": label, "kind": model.kind,
+                                "training data": model.extra.get("training_data", "?"),
+                                "steps": model.extra.get("steps"), **errors(path)}), flush=True)
+    rows = read_runs(RUNS)
+    shown = ("candidate", "kind", "steps", *(f"{b}², SNR {s:g}" for b in (64, 128) for s in (1.0, 0.1, 0.05)), "when")
+    table = [{k: (f"{r[k]:.1f}" if isinstance(r[k], float) else r[k]) for k in shown if k in r} for r in rows]
     info = machine()
     body = "\n\n".join([
         "Written by `benchmarks/align_shipped_tuning.py` (its docstring has the recipe). " + machine_line(info),

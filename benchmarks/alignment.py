@@ -28,19 +28,15 @@ seeds recorded.
 from __future__ import annotations
 
 import argparse
-import json
 import math
-import os
-import subprocess
 import sys
 import time
 from pathlib import Path
 
 import numpy as np
-import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _record import RESULTS, machine, machine_line, write_section  # noqa: E402
+from _record import RESULTS, append_run, machine, machine_line, read_runs, write_section  # noqa: E402
 
 from napari_cryoden.align.cross_correlation import ClassicalParams, align_reference_free, align_to_reference  # noqa: E402,E501
 from napari_cryoden.align.udl import DeepAlignParams, iter_align_with_model, iter_train  # noqa: E402
@@ -56,9 +52,6 @@ ROOT = Path(__file__).resolve().parents[1]
 MAPS = ROOT.parent / "shared" / "data" / "maps"
 ENTRIES = {"emd_1832": ("emd_1832.map", 1), "GroEL": ("emd_1080_groel_11.5A.mrc", 7)}
 RUNS = RESULTS / "alignment_runs.jsonl"
-COMMIT = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True).stdout.strip()
-if subprocess.run(["git", "status", "--porcelain", "src"], cwd=ROOT, capture_output=True, text=True).stdout.strip():
-    COMMIT += "+uncommitted"
 GRID = [(name, box, snr, ctf) for box in (128, 64) for name in ENTRIES for snr in (0.1, 0.05) for ctf in ("none", "full")]
 METHODS = ["fft (reference)", "fft (reference-free)", "untrained network, own angle", "UDL, own angle",
            "UDL + local", "JUDL (reference-free), own angle", "JUDL (reference-free) + local",
@@ -113,22 +106,12 @@ def own_angle_error(angles, truth, sym: int, *, free: bool = False) -> float:
 
 
 def done_runs() -> dict:
-    out = {}
-    if RUNS.exists():
-        for line in RUNS.read_text().splitlines():
-            if line.strip():
-                r = json.loads(line)
-                out[(r["map"], r["box"], r["SNR"], r["CTF"], r["seed"], r["method"], r["train seconds"])] = r
-    return out
+    return {(r["map"], r["box"], r["SNR"], r["CTF"], r["seed"], r["method"], r["train seconds"]): r
+            for r in read_runs(RUNS)}
 
 
 def record(row: dict) -> None:
-    row = {**row, "when": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()), "load": os.getloadavg()[0],
-           "commit": COMMIT, "torch threads": torch.get_num_threads()}
-    RUNS.parent.mkdir(parents=True, exist_ok=True)
-    with RUNS.open("a") as fh:
-        fh.write(json.dumps(row) + "\n")
-    print(row, flush=True)
+    print(append_run(RUNS, row), flush=True)
 
 
 def run_case(name: str, box: int, snr: float, ctf_mode: str, seed: int, n: int, train_seconds: float,

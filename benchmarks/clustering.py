@@ -46,7 +46,7 @@ import numpy as np
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _record import RESULTS, machine, machine_line, write_section  # noqa: E402
+from _record import RESULTS, append_run, machine, machine_line, read_runs, write_section  # noqa: E402
 
 from napari_cryoden.cluster import MRAParams, PCAKMeansParams, SiameseParams, cluster  # noqa: E402
 from napari_cryoden.cluster.model_selection import SAME_VIEW_RHO, choose_distinct_k  # noqa: E402
@@ -100,26 +100,11 @@ def scores(truth: np.ndarray, labels: np.ndarray) -> dict:
 
 
 def done_runs() -> dict:
-    out = {}
-    if RUNS.exists():
-        for line in RUNS.read_text().splitlines():
-            if line.strip():
-                r = json.loads(line)
-                out[(r["part"], r["SNR"], r["seed"], r["method"])] = r
-    return out
-
-
-COMMIT = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True).stdout.strip()
-if subprocess.run(["git", "status", "--porcelain", "src"], cwd=ROOT, capture_output=True, text=True).stdout.strip():
-    COMMIT += "+uncommitted"  # the package differs from that commit: say so in every record
+    return {(r["part"], r["SNR"], r["seed"], r["method"]): r for r in read_runs(RUNS)}
 
 
 def record(row: dict) -> None:
-    row = {**row, "when": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()), "load": os.getloadavg()[0],
-           "commit": COMMIT, "torch threads": torch.get_num_threads()}
-    RUNS.parent.mkdir(parents=True, exist_ok=True)
-    with RUNS.open("a") as fh:
-        fh.write(json.dumps(row) + "\n")
+    row = append_run(RUNS, row)
     print({k: v for k, v in row.items() if k not in ("recall", "labels", "silhouettes")}, flush=True)
 
 
@@ -296,8 +281,7 @@ def part_scale(args, done: dict) -> tuple[str, list]:
         if (args.again or ("scale", 0.1, 0, f"siamese {n}") not in done) and not args.report_only:
             scale_run(args, n)
             done = done_runs()
-    every = [json.loads(line) for line in RUNS.read_text().splitlines() if line.strip()] if RUNS.exists() else []
-    rows = [scale_row(r) for r in sorted(every, key=lambda r: r["when"]) if r["part"] == "scale"]  # every run
+    rows = [scale_row(r) for r in sorted(read_runs(RUNS), key=lambda r: r["when"]) if r["part"] == "scale"]
     if not rows:
         return "(not run yet)", []
     text = "\n\n".join([

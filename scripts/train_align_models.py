@@ -97,6 +97,11 @@ def group(rng: np.random.Generator, vols, n: int, seed: int, snr_range=(0.02, 1.
     return halves, ref, {"volume": name, "box": box, "pixel": float(pixel), "snr": snr, "ctf": ctf}
 
 
+def _member(starts: torch.Tensor, sizes: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
+    """A random particle index within each drawn group (groups are contiguous: ``starts``, ``sizes``)."""
+    return starts + (torch.rand(len(starts), generator=gen) * sizes).long()
+
+
 def snr_floor(step: int, warm: int, ramp: int, lowest: float) -> float:
     """The curriculum: only views of SNR >= 0.5 for the first ``warm`` steps (at the full range from the start
     the network did not learn within 5,000 steps; on clear views it does within 1,500), then the floor falls
@@ -122,11 +127,10 @@ def train(joint: bool, data, params: DeepAlignParams, *, seconds: float | None, 
         bs = params.batch_size
         eligible = torch.as_tensor(np.flatnonzero(snrs >= snr_floor(step, warm, ramp, snrs.min())))
         g = eligible[torch.randint(len(eligible), (bs,), generator=gen)]  # pairs within one view of one volume
-        pick = lambda: starts[g] + (torch.rand(bs, generator=gen) * sizes[g]).long()  # noqa: E731
-        b = halves[pick()]
+        b = halves[_member(starts[g], sizes[g], gen)]
         swap = torch.rand(bs, generator=gen) < 0.5
         b = torch.where(swap[:, None, None, None], b.flip(1), b)
-        a = refs[g] if joint else halves[pick()]
+        a = refs[g] if joint else halves[_member(starts[g], sizes[g], gen)]
         rot = torch.rand((4, bs), generator=gen) * 360.0
         losses = training_losses(net, ae, net, a, b, rot, joint=joint)
         weight = min(reconstruction_weight(params, step), 5 * params.reconstruction_weight) if joint else 0.0
