@@ -99,8 +99,8 @@ def add_method_params(parser: argparse.ArgumentParser, methods: dict[str, type],
                       title: str = "method parameters") -> argparse._ArgumentGroup:
     """One ``--option`` per field name of the methods' parameter classes ``{method: params class}``.
 
-    A field several methods share (``--work-box``) is one option; its help names the methods it applies to
-    when not all, and each one's default when they differ. Read the values back with :func:`given_params`.
+    A field several methods share (``--work-box``) is one option; its help (the first method's) names the methods
+    it applies to when not all, and each one's default when they differ; it accepts every method's choices. Read the values back with :func:`given_params`.
     Fields in ``skip`` are left to the caller (e.g. ``seed`` or ``time_budget`` as top-level flags).
     """
     group = parser.add_argument_group(title, "each applies to the methods named in [brackets], or to all")
@@ -117,8 +117,10 @@ def add_method_params(parser: argparse.ArgumentParser, methods: dict[str, type],
         shown = (f"default: {defaults[names[0]]}" if len(set(defaults.values())) == 1 else
                  "defaults: " + ", ".join(f"{m} {d}" for m, d in defaults.items()))
         where = f"[{', '.join(names)}] " if len(names) < len(methods) else ""
-        group.add_argument(_flag(f), help=f"{where}{f.metadata.get('help', '')} ({shown})",
-                           **_option_kwargs(cls, f))
+        kwargs = _option_kwargs(cls, f)
+        if "choices" in kwargs:  # every user's choices (each method's own are checked by validate())
+            kwargs["choices"] = tuple(dict.fromkeys(c for u in users for c in u[2].metadata.get("choices", ())))
+        group.add_argument(_flag(f), help=f"{where}{f.metadata.get('help', '')} ({shown})", **kwargs)
     return group
 
 

@@ -121,6 +121,8 @@ def run_with_bar(gen: Generator[ProgressEvent, None, T], *, disable: bool = Fals
     bars: dict[str, tqdm] = {}
 
     def show(ev: ProgressEvent) -> None:
+        if ev.info.get("message") and not disable:  # a line worth keeping (e.g. the noise measured), above the bars
+            tqdm.write(str(ev.info["message"]), file=sys.stdout)
         # The bar shows the event's own fraction, step count, measured rate and ETA (which knows a time budget);
         # tqdm's rate would count jumps of the step counter as speed ("8289 step/s").
         bar = bars.get(ev.stage)

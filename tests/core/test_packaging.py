@@ -20,6 +20,9 @@ def test_wheel_ships_manifest_and_sample_map(tmp_path):
         names = set(zf.namelist())
         assert "napari_cryoden/napari.yaml" in names
         assert "napari_cryoden/data/emd_5625.map" in names
+        # the shipped models load offline from the installed package (no download at first use)
+        for model in ("align_udl.pt", "align_judl.pt", "denoise_2d.pt", "denoise_3d.pt"):
+            assert f"napari_cryoden/models/{model}" in names, model
         shipped = zf.read("napari_cryoden/napari.yaml")
         entry_points = next(n for n in names if n.endswith("entry_points.txt"))
         assert "napari_cryoden:napari.yaml" in zf.read(entry_points).decode()

@@ -182,3 +182,28 @@ def test_settings_follow_the_kind_of_data_and_stay_apart(make_napari_viewer, mon
     w.image.value = viewer.layers["stack"]
     assert w.form["patch_size"].value == patch2d + 16  # the 2D choice came back with 2D data
     assert w._saved_params["self2self/3d"]["patch_size"] == patch3d
+
+
+def test_pretrained_is_first_and_denoises_in_one_pass(make_napari_viewer, qtbot):
+    from napari_cryoden.sample_data import builtin_map
+    from napari_cryoden.simulate import simulate_tomogram
+
+    viewer = make_napari_viewer()
+    m = builtin_map()  # EMD-5625 particles: never in the shipped model's training data
+    ph = simulate_tomogram(shape=(48, 128, 128), voxel_size=10.0, particle_map=m.data,
+                           particle_map_voxel_size=m.pixel_size, n_vesicles=4, n_filaments=4, n_particles=20, snr=0.2,
+                           seed=101)
+    layer = viewer.add_image(ph.noisy, name="tomo", scale=(10.0, 10.0, 10.0))
+    widget = _widget(viewer)
+    widget.image.value = layer
+    assert widget.method.choices[0] == "pretrained"
+    widget.method.value = "pretrained"
+    assert widget.both_button.text == "Denoise" and not widget.train_button.enabled
+    assert widget.form["time_budget"].value == 0.0
+    widget.run("both")
+    qtbot.waitUntil(lambda: widget.runner.worker is None, timeout=120_000)
+    out = viewer.layers["tomo denoised (pretrained)"]
+    assert out.data.shape == layer.data.shape
+    best_gauss = max(metrics.psnr(ph.clean, gaussian_filter(ph.noisy, s), fit=True) for s in (0.5, 1, 1.5, 2, 3, 4))
+    assert metrics.psnr(ph.clean, out.data, fit=True) > best_gauss + 0.5
+    assert not widget.noise_label.native.isHidden() and "noise correlation" in widget.noise_label.value

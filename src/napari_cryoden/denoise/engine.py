@@ -230,6 +230,9 @@ class TrainedDenoiser:
     @classmethod
     def load(cls, path) -> TrainedDenoiser:
         model = load_model(path, kind="denoise")
+        if model.kind.startswith("denoise/pretrained"):
+            raise CryodenInputError(path, "is a shipped pretrained denoiser: use --method pretrained (and --time-budget "
+                                          "to fine-tune it on your data), or Pretrained in the Denoise widget")
         try:
             return cls.from_model_file(model)
         except CryodenInputError as exc:
@@ -538,7 +541,8 @@ class SelfSupervisedMethod(DenoiseMethod):
                                         device=describe_device(dev))
         net.train()
         clock = state.clock
-        warned, first_done = False, None
+        # A model trained before (continued here) is more than a smoothing after a few steps: no warning then.
+        warned, first_done = model is not None, None
         # With a time budget, a share of it is kept for the distillation after the loop (Self2Self's student).
         main_budget = budget * (1.0 - self.distill_share(params)) if budget is not None else None
         while True:

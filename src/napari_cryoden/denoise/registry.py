@@ -19,8 +19,8 @@ import numpy as np
 from ..progress import ProgressEvent
 
 #: Modules whose import registers the built-in methods.
-BUILTIN_MODULES: tuple[str, ...] = ("napari_cryoden.denoise.self_supervised", "napari_cryoden.denoise.classical",
-                                    "napari_cryoden.denoise.supervised")
+BUILTIN_MODULES: tuple[str, ...] = ("napari_cryoden.denoise.pretrained", "napari_cryoden.denoise.self_supervised",
+                                    "napari_cryoden.denoise.classical", "napari_cryoden.denoise.supervised")
 
 #: The method the CLI and the widget start with: the best measured today (docs/benchmarks.md).
 DEFAULT_METHOD = "self2self"

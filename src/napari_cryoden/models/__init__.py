@@ -103,8 +103,10 @@ def load_model(path: str | os.PathLike, *, kind: str | None = None) -> ModelFile
                      created=payload.get("created", ""), version=payload.get("version", ""))
 
 
-#: Models shipped inside the package (trained by ``scripts/train_align_models.py``), by kind.
-PRETRAINED = {"align/udl": "align_udl.pt", "align/judl": "align_judl.pt"}
+#: Models shipped inside the package (trained by ``scripts/train_align_models.py`` and
+#: ``scripts/train_denoise_models.py``), by kind.
+PRETRAINED = {"align/udl": "align_udl.pt", "align/judl": "align_judl.pt",
+              "denoise/pretrained-2d": "denoise_2d.pt", "denoise/pretrained-3d": "denoise_3d.pt"}
 
 #: What ``--model`` (and the widgets) accept to mean the shipped model of the chosen method.
 PRETRAINED_NAME = "pretrained"
@@ -123,6 +125,7 @@ def load_pretrained(kind: str) -> ModelFile:
     :class:`CryodenInputError` naming it and saying how to get it back."""
     path = pretrained_path(kind)
     if not path.is_file():
+        script = "train_denoise_models" if kind.startswith("denoise/") else "train_align_models"
         raise CryodenInputError(path, f"the pretrained {kind} model is not installed: reinstall napari-cryoden, or "
-                                      "train it with scripts/train_align_models.py")
+                                      f"train it with scripts/{script}.py")
     return load_model(path, kind=kind)

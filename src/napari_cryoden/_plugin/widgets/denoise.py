@@ -221,6 +221,9 @@ class DenoiseWidget(ScrollingDock):
 
     def _on_event(self, ev):
         self.progress.update(ev)
+        if ev.info.get("noise"):  # measured on the input by a method that trains no model here (pretrained)
+            self.noise_label.value = str(ev.info["noise"])
+            self.noise_label.visible = True
         if ev.loss is not None:
             self.loss_plot.add(ev.step, ev.loss)
         if ev.preview is not None:
