@@ -182,3 +182,15 @@ def test_library_refuses_constant_and_non_finite_data_naming_the_source():
     for budget in (0.0, 1.0):
         with pytest.raises(CryodenInputError, match="nan.mrc.*NaN"):
             run(method.run(bad, replace(params, time_budget=budget), name="nan.mrc"))
+
+
+def test_an_option_shared_with_self2self_keeps_self2selfs_choices(capsys, tmp_path):
+    # --prediction is pretrained's (listed first) and self2self's; self2self's "masked" must still parse.
+    rc, _, err = run_cli(capsys, "denoise", tmp_path / "missing.mrc", "-o", tmp_path / "o.mrc", "--method",
+                         "self2self", "--prediction", "masked")
+    assert rc == 2 and "invalid choice" not in err and "missing.mrc" in err, err
+    write_mrc(tmp_path / "v.mrc", np.random.default_rng(0).normal(size=(16, 32, 32)).astype(np.float32), voxel_size=1.0)
+    rc, _, err = run_cli(capsys, "denoise", tmp_path / "v.mrc", "-o", tmp_path / "o.mrc", "--method", "pretrained",
+                         "--prediction", "masked")
+    assert rc == 2 and "prediction must be one of" in err, err  # pretrained's own choices are still checked
+    assert not (tmp_path / "o.mrc").exists()
