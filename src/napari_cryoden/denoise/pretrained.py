@@ -103,7 +103,6 @@ class Pretrained(DenoiseMethod):
                    "correlated noise, missing wedge, CTF), shipped in the package: one pass, no training. A time "
                    "budget fine-tunes it on your data first (Self2Self's self-supervised loss). Trained on simulations "
                    "only: check it against a method trained on your data.")
-    dims = ("2d", "3d", "stack")
 
     def run(self, data, params: PretrainedParams, *, is_stack: bool = False, voxel_size=None, seed: int = 0,
             device="auto", half2=None, out=None, name=None, **options):
@@ -133,7 +132,7 @@ class Pretrained(DenoiseMethod):
         model.noise_correlation = noise.to_dict() if noise is not None else None
         model.voxel_size = tuple(voxel_size) if voxel_size is not None else None
         if tune and params.correlated == "predict" and noise is not None and max(noise.block) > 1 \
-                and str(params.mask_block).strip().lower() == "auto":
+                and block_text == "auto":
             tune = False
             log.warning("correlated noise measured (mask block %s): the shipped model predicts without fine-tuning "
                         "(--correlated fine-tune to fine-tune anyway)", "×".join(str(b) for b in noise.block))
