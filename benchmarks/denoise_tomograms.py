@@ -18,7 +18,9 @@ the held-out set and every method's seed): raw; the oracle Gaussian (σ chosen a
 no user has); careamics Noise2Void (``--budget`` s, seeded, its structured mask spanning the true in-plane
 noise correlation on correlated noise); Topaz-Denoise's two pretrained 3D U-Nets; our ``self2self`` and
 ``fourier-n2n`` at their defaults with ``--budget`` s (self2self) and ``--budget`` − 30 s (fourier-n2n, whose
-averaged prediction takes longer) of training, and ``pretrained`` without and with 30 s of fine-tuning.
+averaged prediction takes longer) of training, and ``pretrained`` without and with 30 s of fine-tuning; the
+ablation ``untrained`` is ``pretrained``'s own call with the weights freshly initialised (seeded), which says
+what the shipped training adds (the oracle Gaussian is the classical step it replaces).
 *total* is the wall time of the whole call (measuring the noise, normalising, loading, training, predicting;
 N2V: its configuration, training and prediction); PSNR/SSIM after a least-squares affine fit to the reference.
 
@@ -32,7 +34,6 @@ and skipped when it is there (``--again`` reruns); the tables report every run t
 from __future__ import annotations
 
 import argparse
-import math
 import sys
 import tempfile
 import time
@@ -50,6 +51,7 @@ from _record import RESULTS, append_run, machine, machine_line, read_runs, write
 from napari_cryoden import metrics  # noqa: E402
 from napari_cryoden.denoise import get_method  # noqa: E402
 from napari_cryoden.denoise.engine import default_params, iter_predict, iter_train  # noqa: E402
+from napari_cryoden.denoise.noise import block_for_lengths  # noqa: E402
 from napari_cryoden.io.mrc import read_mrc  # noqa: E402
 from napari_cryoden.progress import run  # noqa: E402
 from napari_cryoden.report import markdown_table  # noqa: E402
@@ -66,10 +68,11 @@ SETS = {
     "real": {"map": None, "snr": 0.2, "noise": {"white": 0.0}},
 }
 METHODS = ("raw", "gaussian", "n2v", "topaz-10a", "topaz-20a", "self2self", "fourier-n2n", "pretrained",
-           "pretrained+30s")
+           "pretrained+30s", "untrained")
 LABELS = {"raw": "raw", "gaussian": "oracle Gaussian", "n2v": "careamics N2V", "topaz-10a": "Topaz 3D unet-3d-10a",
           "topaz-20a": "Topaz 3D unet-3d-20a", "self2self": "ours: self2self", "fourier-n2n": "ours: fourier-n2n",
-          "pretrained": "ours: pretrained", "pretrained+30s": "ours: pretrained + 30 s"}
+          "pretrained": "ours: pretrained", "pretrained+30s": "ours: pretrained + 30 s",
+          "untrained": "ablation: pretrained's network untrained"}
 PEERS = ("n2v", "topaz-10a", "topaz-20a")
 
 
@@ -135,10 +138,34 @@ def pretrained(noisy, seed: int, fine_tune: float = 0.0, **_):
     return out, info
 
 
+def pretrained_untrained(noisy, seed: int, **_):
+    """The ablation: the shipped architecture and settings with freshly initialised weights (seeded), no training."""
+    import torch
+
+    import napari_cryoden.denoise.pretrained as shipped
+    from napari_cryoden.denoise.networks import UNet
+
+    load = shipped.load_shipped
+
+    def untrained(dims, path=None):
+        model = load(dims, path)
+        torch.manual_seed(seed)
+        model.net = UNet(model.net_config)
+        if model.student is not None:
+            model.student = UNet(model.student.config)
+        return model
+
+    shipped.load_shipped = untrained
+    try:
+        return pretrained(noisy, seed)
+    finally:
+        shipped.load_shipped = load
+
+
 def in_plane_span(lengths) -> int:
-    """N2V's structured-mask span: 2ℓ + 1 with ℓ the in-plane lag where Gaussian noise correlation falls to 0.2."""
-    reach = int(math.floor(2 * max(lengths[1:]) * math.sqrt(math.log(5.0)) - 1e-9)) if max(lengths[1:]) > 0 else 0
-    return 2 * reach + 1
+    """N2V's structured-mask span: 2ℓ + 1 with ℓ the in-plane reach of the noise correlation (the rule of our
+    Self2Self blocks)."""
+    return block_for_lengths([max(lengths[1:])])[0]
 
 
 def careamics_n2v(budget: float, noisy, seed: int, lengths, **_):
@@ -203,6 +230,7 @@ def method_call(name: str, budget: float):
         "fourier-n2n": lambda ref, noisy, **kw: ours("fourier-n2n", max(10.0, budget - 30.0), noisy, kw["seed"]),
         "pretrained": lambda ref, noisy, **kw: pretrained(noisy, kw["seed"]),
         "pretrained+30s": lambda ref, noisy, **kw: pretrained(noisy, kw["seed"], fine_tune=30.0),
+        "untrained": lambda ref, noisy, **kw: pretrained_untrained(noisy, kw["seed"]),
     }[name]
 
 

@@ -79,9 +79,9 @@ if __name__ == "__main__":
     from napari_cryoden._plugin.screenshots import widget_screenshots
 
     IMAGES.mkdir(exist_ok=True)
-    if sys.argv[1:2] == ["--only"] and sys.argv[2:] in (["cluster"], ["align"]):  # one widget's screenshots
+    if sys.argv[1:2] == ["--only"] and sys.argv[2:] in (["cluster"], ["align"], ["denoise"]):  # one widget's screenshots
         widget_screenshots(IMAGES, only=sys.argv[2])
         sys.exit(0)
     convention_figure()
     sample_screenshots()
-    widget_screenshots(IMAGES, budget=60.0)
+    widget_screenshots(IMAGES)

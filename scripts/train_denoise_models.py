@@ -50,6 +50,7 @@ from train_align_models import blob_volume  # noqa: E402
 
 from napari_cryoden.denoise.masks import bernoulli_mask  # noqa: E402
 from napari_cryoden.denoise.networks import UNet, UNetConfig  # noqa: E402
+from napari_cryoden.denoise.noise import block_for_lengths  # noqa: E402
 from napari_cryoden.denoise.normalize import fit_normalization  # noqa: E402
 from napari_cryoden.denoise.pretrained import PRETRAINED_VERSION, pretrained_kind  # noqa: E402
 from napari_cryoden.io.mrc import read_mrc  # noqa: E402
@@ -151,11 +152,6 @@ def noise_lengths(rng: np.random.Generator, dims: int) -> tuple[str, tuple[float
     return kind, tuple(float(v) for v in lengths)
 
 
-def mask_block(lengths) -> tuple[int, ...]:
-    """Self2Self's block for Gaussian-correlated noise of ``lengths``: 2ℓ + 1, ℓ the largest lag where the
-    correlation exp(−d² / 4L²) exceeds 0.2 (the rule of :class:`napari_cryoden.denoise.noise.NoiseCorrelation`)."""
-    reach = [int(np.floor(2 * L * np.sqrt(np.log(5.0)) - 1e-9)) if L > 0 else 0 for L in lengths]
-    return tuple(2 * r + 1 for r in reach)
 
 
 class Batches:
@@ -194,7 +190,7 @@ class Batches:
         norm = fit_normalization(self.values[i] + sigma * rng.standard_normal(self.values[i].shape).astype(np.float32))
         x = norm.apply(clean + noise).astype(np.float32)
         y = ((clean - norm.mean) / norm.std).astype(np.float32)
-        return x, y, mask_block(lengths) if masked else None, {"snr": snr, "noise": kind}
+        return x, y, block_for_lengths(lengths) if masked else None, {"snr": snr, "noise": kind}
 
     def batch(self, size: int, masked: bool, gen: torch.Generator):
         xs, ys = [], []

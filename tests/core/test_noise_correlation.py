@@ -12,7 +12,14 @@ from napari_cryoden.denoise import get_method
 from napari_cryoden.denoise.engine import Self2SelfParams, TrainedDenoiser, default_params, iter_train
 from napari_cryoden.denoise.masks import apply_fourier_mask
 from napari_cryoden.denoise.networks import SmoothFeatures
-from napari_cryoden.denoise.noise import THRESHOLD, NoNoiseError, auto_mask_block, estimate_noise_correlation
+from napari_cryoden.denoise.noise import (
+    THRESHOLD,
+    NoNoiseError,
+    auto_mask_block,
+    block_for_lengths,
+    estimate_noise_correlation,
+    gaussian_reach,
+)
 from napari_cryoden.denoise.self_supervised import FourierN2NParams, whitening_filter
 from napari_cryoden.errors import CryodenInputError
 from napari_cryoden.io.mrc import write_mrc
@@ -47,6 +54,17 @@ def test_the_estimate_recovers_known_per_axis_lengths_of_pure_noise(lengths):
         rho = [np.exp(-d**2 / (4 * length**2)) if length else 0.0 for d in (reach, reach + 1)]
         assert rho[1] <= THRESHOLD + 0.05 and (reach == 0 or rho[0] > THRESHOLD - 0.05)
     assert auto_mask_block(noise, dims=3, noise=est) == tuple(2 * r + 1 for r in est.reach)
+    # Simulations that know their lengths (the training script, the benchmark's N2V mask) get the same rule.
+    assert all(abs(r - g) <= 1 for r, g in zip(est.reach, gaussian_reach(lengths))), (est.reach, lengths)
+
+
+def test_the_reach_of_known_lengths_is_the_last_lag_above_the_threshold():
+    # exp(−d²/4L²) at L = 1.5: 0.37 at d = 3, 0.17 at d = 4; at L = 0.5: 0.37 at d = 1, 0.018 at d = 2.
+    assert gaussian_reach((1.5, 0.5, 0.0)) == (3, 1, 0)
+    assert block_for_lengths((1.5, 0.5, 0.0)) == (7, 3, 1)
+    for length in np.linspace(0.1, 4.0, 40):
+        reach = gaussian_reach([length])[0]
+        assert np.exp(-reach**2 / (4 * length**2)) > THRESHOLD >= np.exp(-(reach + 1) ** 2 / (4 * length**2))
 
 
 @pytest.fixture(scope="module")

@@ -59,6 +59,7 @@ def test_train_and_predict_adds_a_denoised_layer(noisy_layers, qtbot):
     assert any(e.stage == "train" for e in events) and any(e.stage == "predict" for e in events)
     assert widget.model is not None and widget.predict_button.enabled
     assert widget.progress.bar.format() == "done"
+    assert not widget.loss_plot.isHidden() and len(widget.loss_plot.steps) > 0  # the training's loss curve
     assert "noise correlation" in widget.noise_label.value  # what was measured, shown with the model
     assert out.metadata["params"]["smooth_sigmas"] == ""
     # Baseline: a sigma = 0.5 Gaussian blur of the input (+2.9 dB over it). Measured over that blur: +1.9 to +2.0 dB
@@ -184,7 +185,8 @@ def test_settings_follow_the_kind_of_data_and_stay_apart(make_napari_viewer, mon
     assert w._saved_params["self2self/3d"]["patch_size"] == patch3d
 
 
-def test_pretrained_is_first_and_denoises_in_one_pass(make_napari_viewer, qtbot):
+def test_pretrained_is_first_and_denoises_in_one_pass(make_napari_viewer, qtbot, monkeypatch, tmp_path):
+    monkeypatch.setenv("CRYODEN_CONFIG_DIR", str(tmp_path))  # nothing remembered from the tests before
     from napari_cryoden.sample_data import builtin_map
     from napari_cryoden.simulate import simulate_tomogram
 
@@ -196,8 +198,8 @@ def test_pretrained_is_first_and_denoises_in_one_pass(make_napari_viewer, qtbot)
     layer = viewer.add_image(ph.noisy, name="tomo", scale=(10.0, 10.0, 10.0))
     widget = _widget(viewer)
     widget.image.value = layer
-    assert widget.method.choices[0] == "pretrained"
-    widget.method.value = "pretrained"
+    # First in the menu, and what the widget opens on when nothing is remembered.
+    assert widget.method.choices[0] == "pretrained" and widget.method.value == "pretrained"
     assert widget.both_button.text == "Denoise" and not widget.train_button.enabled
     assert widget.form["time_budget"].value == 0.0
     widget.run("both")
@@ -207,3 +209,4 @@ def test_pretrained_is_first_and_denoises_in_one_pass(make_napari_viewer, qtbot)
     best_gauss = max(metrics.psnr(ph.clean, gaussian_filter(ph.noisy, s), fit=True) for s in (0.5, 1, 1.5, 2, 3, 4))
     assert metrics.psnr(ph.clean, out.data, fit=True) > best_gauss + 0.5
     assert not widget.noise_label.native.isHidden() and "noise correlation" in widget.noise_label.value
+    assert widget.loss_plot.isHidden()  # one pass: no training, so no empty loss plot either

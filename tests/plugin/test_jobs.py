@@ -90,6 +90,7 @@ viewer = napari.Viewer(show=False)
 viewer.add_image(np.random.default_rng(0).standard_normal((32, 64, 64)).astype(np.float32), name="noisy")
 _, w = viewer.window.add_plugin_dock_widget("napari-cryoden", "Denoise")
 w.image.value = viewer.layers["noisy"]
+w.method.value = "self2self"  # a method that trains, so the job runs long enough to be closed mid-way
 w.run("train")
 app = QApplication.instance()
 end = time.time() + 120

@@ -70,11 +70,38 @@ def cluster_screenshots(viewer, stack: str, outdir: Path) -> list[Path]:
     return shots
 
 
-def widget_screenshots(outdir: str | Path, *, budget: float = 60.0, only: str | None = None) -> list[Path]:
+def denoise_screenshots(viewer, outdir: Path, *, budget: float = 0.0) -> list[Path]:
+    """Denoise the sample tomogram with the widget's first method (the shipped ``pretrained`` model,
+    fine-tuned for ``budget`` seconds when > 0), then Compare it with the clean volume."""
+    viewer.open_sample("napari-cryoden", "synthetic-tomogram")
+    _, dn = viewer.window.add_plugin_dock_widget("napari-cryoden", "Denoise")
+    dn.image.value = viewer.layers["tomogram noisy"]
+    method = dn.method.value
+    dn.form["time_budget"].value = float(budget)
+    run_and_wait(dn, lambda: dn.run("both"))
+    viewer.grid.enabled = True
+    viewer.layers["tomogram clean"].visible = False
+    if "tomogram noisy preview" in viewer.layers:
+        viewer.layers["tomogram noisy preview"].visible = False
+    viewer.dims.current_step = (viewer.layers["tomogram noisy"].data.shape[0] // 2, 0, 0)
+    settle(viewer)
+    shots = [save(viewer, outdir / "widget_denoise.png")]
+    viewer.window.remove_dock_widget("all")
+    _, cmp = viewer.window.add_plugin_dock_widget("napari-cryoden", "Compare")
+    cmp.reference.value = viewer.layers["tomogram clean"]
+    cmp.layers.value = ["tomogram noisy", f"tomogram noisy denoised ({method})"]
+    cmp.run()
+    settle(viewer)
+    shots.append(save(viewer, outdir / "widget_compare.png"))
+    return shots
+
+
+def widget_screenshots(outdir: str | Path, *, budget: float = 0.0, only: str | None = None) -> list[Path]:
     """One screenshot per dock widget, each after a real run on simulated data; returns the PNG paths.
 
-    ``budget``: seconds of Self2Self training in the Denoise screenshot. ``only="cluster"``: just the
-    Cluster widget's two screenshots; ``only="align"``: just the Align widget's (the shipped UDL model).
+    ``budget``: seconds of fine-tuning of the shipped denoiser in the Denoise screenshot (0: one pass).
+    ``only="cluster"``: just the Cluster widget's two screenshots; ``only="align"``: just the Align widget's (the
+    shipped UDL model); ``only="denoise"``: the Denoise and Compare widgets'.
     """
     import os
     import tempfile
@@ -98,6 +125,10 @@ def widget_screenshots(outdir: str | Path, *, budget: float = 60.0, only: str | 
         run_and_wait(sim, sim.run)
         settle(viewer)
         stack = "particles SNR 0.5"
+        if only == "denoise":
+            viewer.window.remove_dock_widget("all")
+            viewer.layers.clear()
+            return denoise_screenshots(viewer, outdir, budget=budget)
         if only == "cluster":
             viewer.window.remove_dock_widget("all")
             return cluster_screenshots(viewer, stack, outdir)
@@ -122,28 +153,7 @@ def widget_screenshots(outdir: str | Path, *, budget: float = 60.0, only: str | 
         viewer.window.remove_dock_widget("all")
         viewer.layers.clear()
 
-        # Denoise the sample tomogram, then Compare with the clean volume.
-        viewer.open_sample("napari-cryoden", "synthetic-tomogram")
-        _, dn = viewer.window.add_plugin_dock_widget("napari-cryoden", "Denoise")
-        dn.image.value = viewer.layers["tomogram noisy"]
-        dn.method.value = "self2self"
-        for name, value in dict(time_budget=float(budget), patch_size=32, n_predictions=4).items():
-            dn.form[name].value = value
-        run_and_wait(dn, lambda: dn.run("both"))
-        viewer.grid.enabled = True
-        viewer.layers["tomogram clean"].visible = False
-        if "tomogram noisy preview" in viewer.layers:
-            viewer.layers["tomogram noisy preview"].visible = False
-        viewer.dims.current_step = (viewer.layers["tomogram noisy"].data.shape[0] // 2, 0, 0)
-        settle(viewer)
-        shots.append(save(viewer, outdir / "widget_denoise.png"))
-        viewer.window.remove_dock_widget("all")
-        _, cmp = viewer.window.add_plugin_dock_widget("napari-cryoden", "Compare")
-        cmp.reference.value = viewer.layers["tomogram clean"]
-        cmp.layers.value = ["tomogram noisy", "tomogram noisy denoised (self2self)"]
-        cmp.run()
-        settle(viewer)
-        shots.append(save(viewer, outdir / "widget_compare.png"))
+        shots += denoise_screenshots(viewer, outdir, budget=budget)
     finally:
         viewer.close()
         config.cleanup()
@@ -157,8 +167,9 @@ def widget_screenshots(outdir: str | Path, *, budget: float = 60.0, only: str | 
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description="Screenshots of every napari-cryoden dock widget after a real run")
     ap.add_argument("outdir")
-    ap.add_argument("--budget", type=float, default=60.0, help="seconds of denoiser training")
-    ap.add_argument("--only", choices=["cluster"], default=None)
+    ap.add_argument("--budget", type=float, default=0.0,
+                    help="seconds of fine-tuning of the shipped denoiser before its pass (0: none)")
+    ap.add_argument("--only", choices=["cluster", "align", "denoise"], default=None)
     args = ap.parse_args(argv)
     try:
         widget_screenshots(args.outdir, budget=args.budget, only=args.only)

@@ -239,6 +239,20 @@ def _fit(rho: np.ndarray, model: _Model, axes: tuple[int, ...]) -> tuple[float, 
     return tuple(round(v, 2) for v in lengths)
 
 
+def gaussian_reach(lengths, threshold: float = THRESHOLD) -> tuple[int, ...]:
+    """Per axis, the largest whole lag ℓ at which noise of Gaussian correlation length L (correlation
+    ``exp(−d² / 4L²)``) still exceeds ``threshold``: the reach :func:`estimate_noise_correlation` would measure on
+    such noise, for simulations that know their lengths (0 for L = 0)."""
+    span = 2.0 * np.sqrt(np.log(1.0 / threshold))
+    return tuple(int(np.floor(span * float(v) - 1e-9)) if float(v) > 0 else 0 for v in lengths)
+
+
+def block_for_lengths(lengths, threshold: float = THRESHOLD) -> tuple[int, ...]:
+    """Self2Self's mask block for Gaussian-correlated noise of ``lengths``: 2ℓ + 1 per axis
+    (:attr:`NoiseCorrelation.block` for a measured reach ℓ)."""
+    return tuple(2 * r + 1 for r in gaussian_reach(lengths, threshold))
+
+
 def _reach(rho: np.ndarray, threshold: float) -> tuple[int, int, int]:
     out = []
     for axis in range(3):

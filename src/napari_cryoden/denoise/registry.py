@@ -176,11 +176,17 @@ def unregister(name: str) -> None:
     _METHODS.pop(name, None)
 
 
+#: Listed first in the widget's menu and in ``--help`` (the shipped model: one pass, no training).
+FIRST_METHOD = "pretrained"
+
+
 def methods() -> dict[str, DenoiseMethod]:
-    """All registered methods by name (importing the built-in ones on first use)."""
+    """All registered methods by name (importing the built-in ones on first use), in a fixed order whatever
+    was imported first: :data:`FIRST_METHOD`, then by family (:data:`FAMILIES`), then as registered."""
     for module in BUILTIN_MODULES:
         importlib.import_module(module)
-    return dict(_METHODS)
+    order = sorted(_METHODS.values(), key=lambda m: (m.name != FIRST_METHOD, FAMILIES.index(m.family)))
+    return {m.name: m for m in order}
 
 
 def get_method(name: str) -> DenoiseMethod:

@@ -11,7 +11,6 @@ from qtpy.QtWidgets import QFileDialog, QSizePolicy
 
 from ...denoise import methods
 from ...denoise.engine import TrainedDenoiser
-from ...denoise.registry import DEFAULT_METHOD
 from ...errors import CryodenInputError
 from ...models import save_model
 from ...params import as_dict
@@ -53,8 +52,9 @@ class DenoiseWidget(ScrollingDock):
         follow_active_layer(viewer, self.image)
         self.half2 = create_widget(annotation=napari.layers.Image | None, label="second half",
                                    options={"nullable": True})
-        default = state.get("method") if state.get("method") in self._methods else (
-            DEFAULT_METHOD if DEFAULT_METHOD in self._methods else list(self._methods)[0])
+        # Without a remembered choice the widget opens on the first method of the menu, the shipped pretrained
+        # model (one pass, seconds, no training); the CLI's default is registry.DEFAULT_METHOD.
+        default = state.get("method") if state.get("method") in self._methods else list(self._methods)[0]
         self.method = ComboBox(label="method", choices=list(self._methods), value=default)
         self.preset = ComboBox(label="preset", choices=list(PRESETS), value=CUSTOM,
                                tooltip="; ".join(f"{k}: {v[1]}" for k, v in PRESETS.items() if v[0]) +
@@ -89,6 +89,7 @@ class DenoiseWidget(ScrollingDock):
         self.loss_plot = LossPlot()
         self.body.layout().addWidget(self.progress)
         self.body.layout().addWidget(self.loss_plot)
+        self.loss_plot.setVisible(False)  # shown by the first training loss: a one-pass method has none
         self.runner = JobRunner(on_event=self._on_event)
         self.progress.follow(self.runner)
         self.method.changed.connect(self._method_changed)
@@ -215,6 +216,7 @@ class DenoiseWidget(ScrollingDock):
 
         self.runner.cancel()  # before the plot is cleared, so no event of the old run lands on the new plot
         self.loss_plot.clear()
+        self.loss_plot.setVisible(False)
         meta = {"method": m.name, "params": as_dict(params), "seed": seed, "source": layer.name}
         self.runner.start(job, name=f"{m.title} on {layer.name}",
                           on_done=lambda out: self._on_done(out, layer, meta), stage=f"{mode}: preparing")
@@ -225,6 +227,7 @@ class DenoiseWidget(ScrollingDock):
             self.noise_label.value = str(ev.info["noise"])
             self.noise_label.visible = True
         if ev.loss is not None:
+            self.loss_plot.setVisible(True)
             self.loss_plot.add(ev.step, ev.loss)
         if ev.preview is not None:
             self._show_preview(ev)
