@@ -59,7 +59,11 @@ def test_train_and_predict_adds_a_denoised_layer(noisy_layers, qtbot):
     assert any(e.stage == "train" for e in events) and any(e.stage == "predict" for e in events)
     assert widget.model is not None and widget.predict_button.enabled
     assert widget.progress.bar.format() == "done"
-    assert not widget.loss_plot.isHidden() and len(widget.loss_plot.steps) > 0  # the training's loss curve
+    # The training's loss curve, in step order (the student's distillation, whose steps restart at 1, is not on it).
+    steps = widget.loss_plot.steps
+    assert not widget.loss_plot.isHidden() and len(steps) > 0 and steps == sorted(steps)
+    assert len(steps) == len([e for e in events if e.stage == "train" and e.loss is not None])
+    assert any(e.stage == "distill" and e.loss is not None for e in events)
     assert "noise correlation" in widget.noise_label.value  # what was measured, shown with the model
     assert out.metadata["params"]["smooth_sigmas"] == ""
     # Baseline: a sigma = 0.5 Gaussian blur of the input (+2.9 dB over it). Measured over that blur: +1.9 to +2.0 dB

@@ -226,7 +226,7 @@ class DenoiseWidget(ScrollingDock):
         if ev.info.get("noise"):  # measured on the input by a method that trains no model here (pretrained)
             self.noise_label.value = str(ev.info["noise"])
             self.noise_label.visible = True
-        if ev.loss is not None:
+        if ev.loss is not None and ev.stage == "train":  # not the distillation's (its steps start again at 1)
             self.loss_plot.setVisible(True)
             self.loss_plot.add(ev.step, ev.loss)
         if ev.preview is not None:
