@@ -46,10 +46,11 @@ def unseen_volumes(n_blobs: int = 4, n_views: int = 3):
                                 for _ in range(n_views)]) for name, vol, voxel in out]
 
 
-def content_errors(net, box: int, snr: float) -> float:
-    """Median error over the unseen volumes and views (each volume spanning 60 % of the box, 100 particles a view)."""
+def content_errors(net, volumes, box: int, snr: float) -> float:
+    """Median error over ``volumes`` (:func:`unseen_volumes`) and their views (each volume spanning 60 % of the
+    box, 100 particles a view)."""
     errs = []
-    for k, (_name, vol, voxel, views) in enumerate(unseen_volumes()):
+    for k, (_name, vol, voxel, views) in enumerate(volumes):
         pixel = voxel * vol.shape[0] * 0.75 / (box * 0.6)
         resampled = resample_map(vol, voxel_size=voxel, pixel_size=pixel, box=box)
         for j, (rot, tilt) in enumerate(views):
@@ -64,7 +65,8 @@ def errors(model_path: str) -> dict:
     model = load_model(model_path, kind="align")
     net = build_network(model)
     m = read_mrc(MAP, mmap=False)
-    out = {f"unseen, {box}², SNR 0.1": content_errors(net, box, 0.1) for box in (64, 128)}
+    volumes = unseen_volumes()
+    out = {f"unseen, {box}², SNR 0.1": content_errors(net, volumes, box, 0.1) for box in (64, 128)}
     for box in (64, 128):
         vol = resample_map(np.asarray(m.data), voxel_size=m.pixel_size, pixel_size=m.pixel_size, box=box)
         ref = project_map(vol, rot=0.0, tilt=0.0, psi=0.0)[0].astype(np.float32)

@@ -157,18 +157,12 @@ def rss_rows(workdir: Path, timeout: float, shape=(256, 512, 512)) -> list[dict]
     base = run_watched([PY, "-c", "import time, torch, napari_cryoden.cli, napari_cryoden.denoise.engine; "
                                   "time.sleep(2)"], timeout=60)
     rows = []
-    for method in ("self2self", "fourier-n2n"):
-        # The default network (16 channels, depth 3, smoothing channels); a few steps are enough, since the
-        # measurement is the prediction's memory. Two samples per tile instead of eight keep the run short:
-        # samples are accumulated one after the other, so their number does not change the peak.
-        params = default_params(method, dims=3, epochs=1, time_budget=0, n_predictions=2)
-        model = run(iter_train(crop, params, method=method, device="cpu"))
-        save_model(workdir / f"{method}.pt", model.to_model_file())
-        out = workdir / f"{method}-out.mrc"
-        r = run_watched([PY, "-m", "napari_cryoden.cli", "-q", "denoise", str(vol), "-o", str(out), "--method",
-                         method, "--model", str(workdir / f"{method}.pt"), "--predict-only", "--device", "cpu"],
-                        timeout=timeout)
-        rows.append({"job": f"{method} prediction, default network, 2 samples per tile",
+
+    def denoise(job: str, out: Path, *args: str) -> None:
+        """One `cryoden denoise` of the volume in its own process: its row, and the output removed."""
+        r = run_watched([PY, "-m", "napari_cryoden.cli", "-q", "denoise", str(vol), "-o", str(out), *args,
+                         "--device", "cpu"], timeout=timeout)
+        rows.append({"job": job,
                      "volume": f"{shape[0]}×{shape[1]}×{shape[2]} float32 ({vol.stat().st_size / 2**20:.0f} MiB)",
                      "finished": "yes" if r["returncode"] == 0 else f"no ({r['stderr'][-120:]})",
                      "seconds": r["seconds"],
@@ -178,20 +172,19 @@ def rss_rows(workdir: Path, timeout: float, shape=(256, 512, 512)) -> list[dict]
                      "peak anonymous above baseline (MiB)": r["peak anonymous (MiB)"] - base["peak anonymous (MiB)"]})
         print(rows[-1], flush=True)
         out.unlink(missing_ok=True)
+
+    for method in ("self2self", "fourier-n2n"):
+        # The default network (16 channels, depth 3, smoothing channels); a few steps are enough, since the
+        # measurement is the prediction's memory. Two samples per tile instead of eight keep the run short:
+        # samples are accumulated one after the other, so their number does not change the peak.
+        params = default_params(method, dims=3, epochs=1, time_budget=0, n_predictions=2)
+        model = run(iter_train(crop, params, method=method, device="cpu"))
+        save_model(workdir / f"{method}.pt", model.to_model_file())
+        denoise(f"{method} prediction, default network, 2 samples per tile", workdir / f"{method}-out.mrc",
+                "--method", method, "--model", str(workdir / f"{method}.pt"), "--predict-only")
     # The shipped model as a user runs it: the noise is measured on the whole volume, then one pass per tile.
-    out = workdir / "pretrained-out.mrc"
-    r = run_watched([PY, "-m", "napari_cryoden.cli", "-q", "denoise", str(vol), "-o", str(out), "--method",
-                     "pretrained", "--device", "cpu"], timeout=timeout)
-    rows.append({"job": "pretrained (shipped 3D model, noise measured on the volume, one pass)",
-                 "volume": f"{shape[0]}×{shape[1]}×{shape[2]} float32 ({vol.stat().st_size / 2**20:.0f} MiB)",
-                 "finished": "yes" if r["returncode"] == 0 else f"no ({r['stderr'][-120:]})",
-                 "seconds": r["seconds"],
-                 "voxels/s": float(np.prod(shape)) / r["seconds"] if r["returncode"] == 0 else float("nan"),
-                 "baseline RSS (MiB)": base["peak RSS (MiB)"], "peak RSS (MiB)": r["peak RSS (MiB)"],
-                 "peak RSS above baseline (MiB)": r["peak RSS (MiB)"] - base["peak RSS (MiB)"],
-                 "peak anonymous above baseline (MiB)": r["peak anonymous (MiB)"] - base["peak anonymous (MiB)"]})
-    print(rows[-1], flush=True)
-    out.unlink(missing_ok=True)
+    denoise("pretrained (shipped 3D model, noise measured on the volume, one pass)", workdir / "pretrained-out.mrc",
+            "--method", "pretrained")
     return rows
 
 
