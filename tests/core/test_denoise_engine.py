@@ -164,6 +164,23 @@ def test_block_masks_put_the_loss_only_where_no_kept_voxel_is_within_the_correla
         assert torch.equal(inner * shifted[:, :, 2:-2], torch.zeros_like(inner))
 
 
+def test_block_masks_keep_blocks_with_their_own_probability_and_old_models_keep_theirs():
+    from napari_cryoden.denoise.self_supervised import mask_keep_probability
+
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(8, 1, 30, 30, 30)
+    method = get_method("self2self")
+    for block, expected in (("1,1,1", 0.7), ("3,3,3", 0.4)):
+        p = Self2SelfParams(keep_probability=0.7, block_keep_probability=0.4, mask_block=block)
+        assert mask_keep_probability(p) == expected
+        inp, _, _ = method.make_pair(x, p, patch_spatial=(30, 30, 30), generator=g)
+        assert float(inp[:, 1].mean()) == pytest.approx(expected, abs=0.04)
+    # A model saved before the block setting existed used keep_probability for blocks too, and still does.
+    old = Self2SelfParams.from_saved({"keep_probability": 0.6, "mask_block": "5,1,1"})
+    assert mask_keep_probability(old) == 0.6
+    assert Self2SelfParams.from_saved({"block_keep_probability": 0.3}).block_keep_probability == 0.3
+
+
 def test_self2self_loss_only_sees_the_dropped_voxels():
     g = torch.Generator().manual_seed(0)
     x = torch.randn(2, 1, 16, 16, 16)

@@ -69,6 +69,11 @@ class EngineParams:
     tile_size: int = param(0, "prediction tile side (0: automatic from free memory)", min=0, max=1024)
     tile_overlap: int = param(16, "overlap between prediction tiles (voxels)", min=0, max=256)
 
+    @classmethod
+    def from_saved(cls, values: dict):
+        """The settings stored in a model file (a method whose settings changed meaning overrides this)."""
+        return cls(**values)
+
 
 # ---------------------------------------------------------------------------------------------- data
 def as_volume(data: np.ndarray, *, is_stack: bool) -> tuple[np.ndarray, int]:
@@ -209,7 +214,7 @@ class TrainedDenoiser:
         method = model.config["method"]
         if method not in _engine_methods():
             raise CryodenInputError(None, f"model is for method {method!r}, which this engine does not know")
-        params = _engine_methods()[method].params(**model.config["params"])
+        params = _engine_methods()[method].params.from_saved(model.config["params"])
         net_config = UNetConfig(**model.config["net"])
         net = UNet(net_config)
         net.load_state_dict(model.state_dict)

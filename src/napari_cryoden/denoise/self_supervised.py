@@ -56,8 +56,12 @@ log = logging.getLogger(__name__)
 class Self2SelfParams(EngineParams):
     """Self2Self's settings: the input mask."""
 
-    keep_probability: float = param(0.7, "probability that a voxel is kept in the input mask (Self2Self: 0.7)",
-                                    min=0.05, max=0.95)
+    keep_probability: float = param(0.7, "probability that a voxel is kept in the input mask when single voxels "
+                                         "are dropped (white noise; Self2Self: 0.7)", min=0.05, max=0.95)
+    block_keep_probability: float = param(0.4, "probability that a block is kept in the input mask when the mask "
+                                               "drops blocks (correlated noise: the loss counts only the voxels "
+                                               "whose whole block neighbourhood is dropped, so fewer blocks are "
+                                               "kept)", min=0.05, max=0.95)
     mask_block: str = param("auto", "size (z,y,x) of the blocks dropped together, e.g. 7,1,1 for noise correlated "
                                     "over ±3 voxels along z; auto: measured from the data's noise correlation")
     prediction: str = param("student", "how to predict: student (one pass of the network distilled from the "
@@ -68,6 +72,13 @@ class Self2SelfParams(EngineParams):
     distill_steps: int = param(25, "steps training the single-pass student on the averaged masked predictions of "
                                    "training patches after training (0: no student); with a time budget, at most "
                                    "a fifth of it", min=0, max=100000)
+
+    @classmethod
+    def from_saved(cls, values: dict):
+        """A model saved before ``block_keep_probability`` used ``keep_probability`` for blocks too."""
+        values = dict(values)
+        values.setdefault("block_keep_probability", values.get("keep_probability", 0.7))
+        return cls(**values)
 
 
 def parse_mask_block(text: str, dims: int) -> tuple[int, ...]:
@@ -101,6 +112,14 @@ def blind_voxels(m: torch.Tensor, block) -> torch.Tensor:
 DISTILL_SHARE = 0.2
 #: The student's Adam learning rate (it starts as the teacher, so it needs only small steps).
 DISTILL_LEARNING_RATE = 2e-4
+
+
+def mask_keep_probability(params) -> float:
+    """The keep probability of the input mask: ``block_keep_probability`` when the mask drops blocks of more
+    than one voxel, else ``keep_probability`` (models saved before the block setting keep their one value)."""
+    if any(b > 1 for b in parse_mask_block(str(params.mask_block), 3)):
+        return float(getattr(params, "block_keep_probability", params.keep_probability))
+    return float(params.keep_probability)
 
 
 def teacher_passes(keep_probability: float) -> int:
@@ -140,7 +159,7 @@ class Self2Self(SelfSupervisedMethod):
     def make_pair(self, x, params: Self2SelfParams, *, patch_spatial, generator):
         block = parse_mask_block(params.mask_block, x.ndim - 2)
         x = centre_crop(x[:, :1], patch_spatial)
-        m = bernoulli_mask(x.shape, params.keep_probability, generator=generator, device=x.device, block=block)
+        m = bernoulli_mask(x.shape, mask_keep_probability(params), generator=generator, device=x.device, block=block)
         return torch.cat([x * m, m], dim=1), x, blind_voxels(m, block)
 
     def predict_batch(self, net, x, params: Self2SelfParams, *, n_predictions, generator, device):
@@ -148,7 +167,7 @@ class Self2Self(SelfSupervisedMethod):
         x = x[:, :1]
         total = torch.zeros_like(x)
         count = torch.zeros_like(x)
-        for m in stratified_bernoulli_masks(x.shape, params.keep_probability, n_predictions, generator=generator,
+        for m in stratified_bernoulli_masks(x.shape, mask_keep_probability(params), n_predictions, generator=generator,
                                             device=device, block=block):
             with autocast(device):
                 out = net(torch.cat([x * m, m], dim=1)).float()
@@ -187,7 +206,7 @@ class Self2Self(SelfSupervisedMethod):
         student = copy.deepcopy(net)
         student.eval()  # no dropout: the student is deterministic (the network has no batch statistics)
         optimizer = torch.optim.Adam(student.parameters(), lr=DISTILL_LEARNING_RATE)
-        passes = teacher_passes(params.keep_probability)
+        passes = teacher_passes(mask_keep_probability(params))
         clock = StageClock("distill", steps, time_budget=time_budget)
         patch = sampler.patch[1:] if sampler.dims == 2 else sampler.patch
         for step in range(1, steps + 1):
