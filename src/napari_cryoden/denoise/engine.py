@@ -590,6 +590,11 @@ class SelfSupervisedMethod(DenoiseMethod):
                 checkpoint.save(state.snapshot())
             yield clock.event(state.step, loss=state.running, preview=preview, lr=lr, device=describe_device(dev),
                               preview_origin=preview_origin)
+        if main_budget is not None and not warned and state.step < MEANINGFUL_STEPS and ctx.is_main:
+            # The budget ran out before the step rate could be measured (a very short budget or a busy CPU).
+            warnings.warn(f"a {budget:g} s budget allowed only {state.step} training steps here on "
+                          f"{describe_device(dev)}; fewer than {MEANINGFUL_STEPS} steps give little more than a "
+                          f"smoothing of the input: give more time", UserWarning, stacklevel=2)
         net = distributed.unwrap(net)
         net.eval()
         left = None if budget is None else max(0.0, budget - clock.elapsed)
