@@ -329,8 +329,9 @@ def main() -> None:
     ap.add_argument("--sets", nargs="+", default=["held-out", "real"], choices=list(SETS))
     ap.add_argument("--methods", nargs="+", default=list(METHODS),
                     help=f"any of {', '.join(METHODS)}; 'topaz' means both Topaz models")
-    ap.add_argument("--noises", nargs="+", default=["white", "z-stretched", "isotropic"],
-                    choices=["white", "z-stretched", "isotropic"], help="noise kinds to run (the real set has white only)")
+    noises = list(SETS["held-out"]["noise"])
+    ap.add_argument("--noises", nargs="+", default=noises, choices=noises,
+                    help="noise kinds to run (the real set has white only)")
     ap.add_argument("--seeds", type=int, nargs="+", default=[1, 2, 3])
     ap.add_argument("--budget", type=float, default=120.0, help="training seconds of N2V and self2self")
     ap.add_argument("--quick", action="store_true", help="32×128×128 phantoms, for a smoke run")

@@ -152,8 +152,6 @@ def noise_lengths(rng: np.random.Generator, dims: int) -> tuple[str, tuple[float
     return kind, tuple(float(v) for v in lengths)
 
 
-
-
 class Batches:
     """(input, target) batches: random crops of the clean sources, flipped and turned, with fresh noise."""
 

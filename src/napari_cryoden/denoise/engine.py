@@ -43,6 +43,12 @@ log = logging.getLogger(__name__)
 MEANINGFUL_STEPS = 50
 
 
+def _warn_short_budget(what: str, advice: str) -> None:
+    """Say plainly that a time budget buys too few steps: the result would be little more than a smoothing."""
+    warnings.warn(f"{what}; fewer than {MEANINGFUL_STEPS} steps give little more than a smoothing of the input: "
+                  f"{advice}", UserWarning, stacklevel=3)
+
+
 # ------------------------------------------------------------------------------------------- parameters
 @dataclass(frozen=True)
 class EngineParams:
@@ -577,11 +583,9 @@ class SelfSupervisedMethod(DenoiseMethod):
                     expected = state.step + max(0.0, main_budget - clock.elapsed) / per_step
                     warned = True
                     if expected < MEANINGFUL_STEPS and ctx.is_main:
-                        warnings.warn(
-                            f"a {budget:g} s budget allows about {expected:.0f} training steps here "
-                            f"({per_step:.2g} s each on {describe_device(dev)}); fewer than {MEANINGFUL_STEPS} "
-                            f"steps give little more than a smoothing of the input: give about "
-                            f"{MEANINGFUL_STEPS * per_step:.0f} s or more", UserWarning, stacklevel=2)
+                        _warn_short_budget(f"a {budget:g} s budget allows about {expected:.0f} training steps here "
+                                           f"({per_step:.2g} s each on {describe_device(dev)})",
+                                           f"give about {MEANINGFUL_STEPS * per_step:.0f} s or more")
             preview = None
             if preview_every and state.step % preview_every == 0 and ctx.is_main:
                 preview = self._preview(distributed.unwrap(net), params, norm, preview_input, dev, generator)
@@ -592,9 +596,8 @@ class SelfSupervisedMethod(DenoiseMethod):
                               preview_origin=preview_origin)
         if main_budget is not None and not warned and state.step < MEANINGFUL_STEPS and ctx.is_main:
             # The budget ran out before the step rate could be measured (a very short budget or a busy CPU).
-            warnings.warn(f"a {budget:g} s budget allowed only {state.step} training steps here on "
-                          f"{describe_device(dev)}; fewer than {MEANINGFUL_STEPS} steps give little more than a "
-                          f"smoothing of the input: give more time", UserWarning, stacklevel=2)
+            _warn_short_budget(f"a {budget:g} s budget allowed only {state.step} training steps here on "
+                               f"{describe_device(dev)}", "give more time")
         net = distributed.unwrap(net)
         net.eval()
         left = None if budget is None else max(0.0, budget - clock.elapsed)

@@ -114,12 +114,11 @@ DISTILL_SHARE = 0.2
 DISTILL_LEARNING_RATE = 2e-4
 
 
-def mask_keep_probability(params) -> float:
+def mask_keep_probability(params: Self2SelfParams, block: tuple[int, ...] | None = None) -> float:
     """The keep probability of the input mask: ``block_keep_probability`` when the mask drops blocks of more
-    than one voxel, else ``keep_probability`` (models saved before the block setting keep their one value)."""
-    if any(b > 1 for b in parse_mask_block(str(params.mask_block), 3)):
-        return float(getattr(params, "block_keep_probability", params.keep_probability))
-    return float(params.keep_probability)
+    than one voxel (``block``, parsed from ``params.mask_block`` when not given), else ``keep_probability``."""
+    block = parse_mask_block(params.mask_block, 3) if block is None else block
+    return float(params.block_keep_probability if any(b > 1 for b in block) else params.keep_probability)
 
 
 def teacher_passes(keep_probability: float) -> int:
@@ -159,7 +158,7 @@ class Self2Self(SelfSupervisedMethod):
     def make_pair(self, x, params: Self2SelfParams, *, patch_spatial, generator):
         block = parse_mask_block(params.mask_block, x.ndim - 2)
         x = centre_crop(x[:, :1], patch_spatial)
-        m = bernoulli_mask(x.shape, mask_keep_probability(params), generator=generator, device=x.device, block=block)
+        m = bernoulli_mask(x.shape, mask_keep_probability(params, block), generator=generator, device=x.device, block=block)
         return torch.cat([x * m, m], dim=1), x, blind_voxels(m, block)
 
     def predict_batch(self, net, x, params: Self2SelfParams, *, n_predictions, generator, device):
@@ -167,7 +166,7 @@ class Self2Self(SelfSupervisedMethod):
         x = x[:, :1]
         total = torch.zeros_like(x)
         count = torch.zeros_like(x)
-        for m in stratified_bernoulli_masks(x.shape, mask_keep_probability(params), n_predictions, generator=generator,
+        for m in stratified_bernoulli_masks(x.shape, mask_keep_probability(params, block), n_predictions, generator=generator,
                                             device=device, block=block):
             with autocast(device):
                 out = net(torch.cat([x * m, m], dim=1)).float()
