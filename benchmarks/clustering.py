@@ -69,7 +69,8 @@ UNTRAINED = "Siamese templates not trained + KMeans (ablation)"
 OURS = {  # run in this order (the slowest and most wanted first)
     "Siamese + MRA (default pipeline)": ("siamese", SiameseParams()),
     "PCA + KMeans (pre-aligned)": ("pca-kmeans", PCAKMeansParams(prealign_iterations=3)),
-    "PCA + KMeans (pre-aligned) + MRA": ("pca-kmeans", PCAKMeansParams(prealign_iterations=3, refine_iterations=3)),
+    "PCA + KMeans (pre-aligned) + MRA": ("pca-kmeans", PCAKMeansParams(  # the default pipeline's refinement
+        prealign_iterations=3, refine_iterations=SiameseParams().refine_iterations)),
     "MRA (random-subset start)": ("mra", MRAParams()),
     UNTRAINED: ("siamese", SiameseParams(learning_rate=0.0, rounds=1, epochs=0.0, min_steps=0, refine_iterations=0)),
 }
@@ -192,6 +193,7 @@ def part_hard(args, done: dict) -> tuple[str, list]:
     for snr in [] if args.report_only else args.snrs:  # in the order given: the most wanted SNR first, so an interrupted grid has it
         for seed in args.seeds:
             sim = simulate(args.n, snr, seed)
+            done = {key: r for key, r in done.items() if key[3] not in args.redo}
             for name in OURS:
                 figure = snr == max(args.snrs) and seed == args.seeds[0] and args.figure
                 run_ours(sim, name, snr, seed, {} if figure and "Siamese" in name else done, montage if figure else None)
@@ -409,6 +411,9 @@ def main() -> None:
                     help="scale: run the sizes even if they were recorded before (the newest run of each is reported)")
     ap.add_argument("--scratch", default=None, help="folder for the scale part's temporary stack")
     ap.add_argument("--fresh", action="store_true", help="forget earlier runs (clustering_runs.jsonl)")
+    ap.add_argument("--redo", nargs="+", default=[], metavar="METHOD",
+                    help="hard: run these methods (table names) again although they were recorded (after a change "
+                         "to them; the newest record of each run is reported)")
     ap.add_argument("--dry-run", action="store_true", help="print the tables instead of writing the docs")
     ap.add_argument("--report-only", action="store_true",
                     help="run nothing new: write the tables of the runs recorded so far")

@@ -106,8 +106,8 @@ class SiameseParams:
                                  min=0.0)
     stop_ari: float = param(0.98, "stop when the ARI between two rounds' labels exceeds this", min=0.0, max=1.0)
     pca_components: int = param(20, "principal components of the initial KMeans", min=1)
-    refine_iterations: int = param(3, "MRA iterations seeded by the Siamese classes (0: Siamese alone)",
-                                   min=0, max=100, basic=True)
+    refine_iterations: int = param(10, "MRA iterations seeded by the Siamese classes (0: Siamese alone; "
+                                   "stops early when no particle changes class)", min=0, max=100, basic=True)
     work_box: int = param(32, "images are Fourier-cropped to this box for clustering (pixels)", min=16, unit="px")
     prealign_iterations: int = param(3, "passes of the classical reference-free pre-alignment (0: none)",
                                      min=0, max=20)
