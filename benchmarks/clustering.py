@@ -224,6 +224,7 @@ def part_k(args, done: dict) -> tuple[str, list]:
 
     ks = list(range(args.k_min, args.k_max + 1))
     rows = []
+    redone: set = set()
     for method in args.k_methods:
         method_name, params = {"pca-kmeans": OURS["PCA + KMeans (pre-aligned)"],
                                "pca-kmeans-mra": OURS["PCA + KMeans (pre-aligned) + MRA"],
@@ -231,9 +232,11 @@ def part_k(args, done: dict) -> tuple[str, list]:
         for snr in args.k_snrs:
             for seed in args.seeds:
                 key = ("k", snr, seed, method)
+                again = method in args.redo and key not in redone and not args.report_only
                 if key not in done and args.report_only:
                     continue
-                if key not in done:
+                if key not in done or again:
+                    redone.add(key)
                     from dataclasses import replace
 
                     sim = simulate(args.n, snr, seed)
@@ -412,8 +415,8 @@ def main() -> None:
     ap.add_argument("--scratch", default=None, help="folder for the scale part's temporary stack")
     ap.add_argument("--fresh", action="store_true", help="forget earlier runs (clustering_runs.jsonl)")
     ap.add_argument("--redo", nargs="+", default=[], metavar="METHOD",
-                    help="hard: run these methods (table names) again although they were recorded (after a change "
-                         "to them; the newest record of each run is reported)")
+                    help="hard: run these methods (table names), k: these --k-methods, again although they were "
+                         "recorded (after a change to them; the newest record of each run is reported)")
     ap.add_argument("--dry-run", action="store_true", help="print the tables instead of writing the docs")
     ap.add_argument("--report-only", action="store_true",
                     help="run nothing new: write the tables of the runs recorded so far")
