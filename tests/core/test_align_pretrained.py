@@ -119,3 +119,20 @@ def test_a_box_smaller_than_the_models_spectrum_is_refused(capsys, tmp_path):
                          "--model", "pretrained")
     assert rc == 2 and "24²" in err and "32²" in err, err
     assert not (tmp_path / "o.star").exists()
+
+
+def test_the_shipped_model_on_particles_with_a_ctf_warns_unless_it_is_fine_tuned(capsys, tmp_path):
+    """Measured (docs/align.md): on particles with a CTF the shipped models are near chance on their own; the
+    CLI says so when a STAR with defoci is aligned by a shipped model that is not fine-tuned, and not otherwise."""
+    m = builtin_map()
+    vol = resample_map(np.asarray(m.data), voxel_size=m.pixel_size, pixel_size=m.pixel_size, box=64)
+    ref = project_map(vol, rot=0.0, tilt=0.0, psi=0.0)[0].astype(np.float32)
+    for ctf_mode in ("full", "none"):
+        sim = simulate_alignment_stack(ref, pixel_size=m.pixel_size, n_per_image=8, max_shift=2, ctf_mode=ctf_mode,
+                                       snr=1.0, seed=0)
+        sim.save(tmp_path / f"{ctf_mode}.mrcs", tmp_path / f"{ctf_mode}.star")
+        rc, _, err = run_cli(capsys, "align", tmp_path / f"{ctf_mode}.star", "-o", tmp_path / f"out_{ctf_mode}.star",
+                             "--method", "udl", "--model", "pretrained", "--refine", "none", "--device", "cpu")
+        assert rc == 0, err
+        assert ("has a CTF" in err) == (ctf_mode == "full"), err
+        assert ("--time-budget" in err) == (ctf_mode == "full")
