@@ -146,13 +146,18 @@ def test_compare_table_and_frc(make_napari_viewer, qtbot):
                       pd.DataFrame)
 
 
-def test_align_with_the_shipped_pretrained_network(particle_viewer, qtbot):
+def test_align_with_the_shipped_pretrained_network(particle_viewer, qtbot, monkeypatch):
     viewer, sim = particle_viewer
     _, w = viewer.window.add_plugin_dock_widget(PLUGIN, "Align")
     w.stack.value = viewer.layers["particles"]
     w.method.value = "judl"
+    import napari_cryoden._plugin.widgets.align as align_widget
+
+    shown = []
+    monkeypatch.setattr(align_widget, "notify_info", shown.append)
     w.load_pretrained()
     assert w.model is not None and w.model.kind == "align/judl" and w.model_label.value.startswith("pretrained")
+    assert shown == [align_widget.SHIPPED_CTF_NOTE]  # what the shipped models do on CTF data is said at once
     w.run()
     _wait(w, qtbot)
     assert viewer.layers["particles average"].metadata["trained_here"] is False  # applied, not trained
