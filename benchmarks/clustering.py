@@ -81,11 +81,13 @@ ORDER = ["PCA + KMeans (pre-aligned)", "PCA + KMeans (pre-aligned) + MRA", UNTRA
          "Siamese + MRA (default pipeline)", "MRA (random-subset start)", *ASPIRE.values()]
 
 
-def simulate(n: int, snr: float, seed: int, *, box: int = 64):
-    maps = [read_mrc(MAPS / name, mmap=False) for name in MAP_NAMES]
+def simulate(n: int, snr: float, seed: int, *, box: int = 64, map_names=MAP_NAMES, views=VIEWS):
+    """The hard stack (or, with other ``map_names`` / ``views``, one made the same way: unbalanced shares in an
+    order drawn by the seed, phase-flipped CTF, ±5 px)."""
+    maps = [read_mrc(MAPS / name, mmap=False) for name in map_names]
     shares = np.random.default_rng(1000 + seed).permutation(SHARES)
     return simulate_particles([m.data for m in maps], voxel_size=[m.pixel_size for m in maps], n_particles=n,
-                              box=box, pixel_size=PIXEL, class_views=VIEWS, class_fractions=shares, max_shift=5.0,
+                              box=box, pixel_size=PIXEL, class_views=views, class_fractions=shares, max_shift=5.0,
                               ctf_mode="abs", defocus_range=(10000.0, 25000.0), snr=snr, mask_radius=box * 0.4,
                               seed=seed)
 

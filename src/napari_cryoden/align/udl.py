@@ -62,6 +62,11 @@ log = logging.getLogger(__name__)
 #: How the network's angle is refined: its own angle, a search near it, or the global classical search.
 REFINE_CHOICES = ("none", "local", "fft")
 
+#: What docs/align.md measured of the shipped models on particles with a CTF (the network sees amplitudes only,
+#: so phase-flipping does not change it); the CLI and the Align widget say it to the user.
+SHIPPED_CTF_CAVEAT = ("on particles with a CTF (phase-flipped or not) the shipped models are near chance on their own "
+                      "(held-out map, 128², SNR 0.1: 33° / 26° median, docs/align.md)")
+
 
 @dataclass(frozen=True)
 class DeepAlignParams:
@@ -462,6 +467,6 @@ def network_angle_error(guess: np.ndarray, truth: np.ndarray) -> np.ndarray:
     return np.abs(np.mod(np.asarray(guess) - np.asarray(truth) + 90.0, 180.0) - 90.0)
 
 
-__all__ = ["REFINE_CHOICES", "DeepAlignParams", "build_network", "check_model", "circular_distance_180",
+__all__ = ["REFINE_CHOICES", "SHIPPED_CTF_CAVEAT", "DeepAlignParams", "build_network", "check_model", "circular_distance_180",
            "iter_align_with_model", "iter_train", "log_amplitudes", "network_angle_error",
            "predict_relative_angles", "reconstruction_weight", "train", "training_losses"]

@@ -103,11 +103,13 @@ def _align_one(args) -> int:
     reference = _read_reference(args.reference, box, apix) if args.reference else None
     model = _deep_model(args, chosen, box) if chosen.trains else None
     train = chosen.trains and _trains(args, model)
-    if args.model == "pretrained" and not train and table is not None and "rlnDefocusU" in table.particles:
+    from ..align.udl import SHIPPED_CTF_CAVEAT
+    from ..models import PRETRAINED_NAME
+
+    if args.model == PRETRAINED_NAME and not train and table is not None and "rlnDefocusU" in table.particles:
         print(f"warning: {args.input} has a CTF (rlnDefocusU) and the shipped {args.method} model is not fine-tuned: "
-              "on particles with a CTF (phase-flipped or not) the shipped models are near chance on their own "
-              "(held-out map, 128², SNR 0.1: 33° / 26° median, docs/align.md); fine-tune them (--time-budget), "
-              "train on the stack, or use --method fft", file=sys.stderr)
+              f"{SHIPPED_CTF_CAVEAT}; fine-tune them (--time-budget), train on the stack, or use --method fft",
+              file=sys.stderr)
     if train and n < 2:
         raise CryodenInputError(args.input, f"has {n} particle: training {args.method} needs at least 2 "
                                             "(or give a trained --model)")

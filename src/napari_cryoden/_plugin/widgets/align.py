@@ -19,7 +19,7 @@ from qtpy.QtWidgets import QFileDialog
 from ...align.cross_correlation import ClassicalParams
 from ...align.methods import DEFAULT_METHOD, methods
 from ...align.result import with_alignment
-from ...align.udl import DeepAlignParams
+from ...align.udl import SHIPPED_CTF_CAVEAT, DeepAlignParams
 from ...errors import CryodenInputError
 from ...io.star import write_star
 from ...models import ModelFile, load_model, load_pretrained, pretrained_path, save_model
@@ -37,15 +37,13 @@ from ..layers import (
     particle_stack_input,
 )
 from ..notify import notify_error, notify_info
-
-#: Shown when the shipped model is loaded: what docs/align.md measured on particles with a CTF.
-SHIPPED_CTF_NOTE = ("shipped model loaded. On particles with a CTF (phase-flipped or not) the shipped models are near "
-                    "chance on their own (held-out map, 128², SNR 0.1: 33° / 26° median, docs/align.md): for such "
-                    "data give a time budget to fine-tune it, or train on the stack")
 from ..settings import form_values, load_state, restore_values, save_state
 from ._dock import ScrollingDock
 from ._params import ParamsForm, params_from_form
 from ._progress import ProgressRow
+
+#: Shown when the shipped model is loaded (the layer carries no defoci to test, so it is said at once).
+SHIPPED_CTF_NOTE = f"shipped model loaded. Note: {SHIPPED_CTF_CAVEAT}; for such data give a time budget to fine-tune it"
 
 STATE_KEY = "align"
 
