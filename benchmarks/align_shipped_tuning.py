@@ -22,7 +22,12 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "scripts"))
 from _record import RESULTS, append_run, machine, machine_line, read_runs, write_section  # noqa: E402
 
-from napari_cryoden.align.udl import build_network, network_angle_error, predict_relative_angles  # noqa: E402
+from napari_cryoden.align.udl import (  # noqa: E402
+    build_network,
+    network_angle_error,
+    network_crop,
+    predict_relative_angles,
+)
 from napari_cryoden.io.mrc import read_mrc  # noqa: E402
 from napari_cryoden.models import load_model  # noqa: E402
 from napari_cryoden.report import markdown_table  # noqa: E402
@@ -46,18 +51,27 @@ def unseen_volumes(n_blobs: int = 4, n_views: int = 3):
                                 for _ in range(n_views)]) for name, vol, voxel in out]
 
 
-def content_errors(net, volumes, box: int, snr: float) -> float:
-    """Median error over ``volumes`` (:func:`unseen_volumes`) and their views (each volume spanning 60 % of the
-    box, 100 particles a view)."""
+DIAMETERS = (120.0, 180.0, 260.0, 350.0)  # Å: the unseen blob volumes' physical size in the CTF columns
+
+
+def content_errors(net, volumes, box: int, snr: float, *, fill: float = 0.6, ctf: str = "none") -> float:
+    """Median error over ``volumes`` (:func:`unseen_volumes`) and their views (each volume spanning ``fill`` of
+    the box, 100 particles a view), the network reading the window ``cryoden align`` gives it
+    (:func:`~napari_cryoden.align.udl.network_crop`). With a CTF (defocus 1-2.5 µm, as the held-out benchmark)
+    the blobs are particles of :data:`DIAMETERS` Å (emd_5625 its own size), so the pixel size is realistic."""
     errs = []
     for k, (_name, vol, voxel, views) in enumerate(volumes):
-        pixel = voxel * vol.shape[0] * 0.75 / (box * 0.6)
+        if ctf != "none" and k > 0:
+            voxel = DIAMETERS[(k - 1) % len(DIAMETERS)] / (vol.shape[0] * 0.75)
+        pixel = voxel * vol.shape[0] * 0.75 / (box * fill)
         resampled = resample_map(vol, voxel_size=voxel, pixel_size=pixel, box=box)
         for j, (rot, tilt) in enumerate(views):
             ref = project_map(resampled, rot=rot, tilt=tilt, psi=0.0)[0].astype(np.float32)
             sim = simulate_alignment_stack(ref, pixel_size=pixel, n_per_image=100, max_shift=box / 10,
-                                           integer_shifts=False, ctf_mode="none", snr=snr, seed=10 * k + j)
-            errs.append(network_angle_error(predict_relative_angles(net, ref, sim.images), sim.angles))
+                                           integer_shifts=False, ctf_mode=ctf, defocus_range=(10000.0, 25000.0),
+                                           snr=snr, seed=10 * k + j)
+            crop = network_crop(ref, box, max_shift=box / 10, size=net.size * net.spectrum_bin)
+            errs.append(network_angle_error(predict_relative_angles(net, ref, sim.images, crop=crop), sim.angles))
     return float(np.median(np.concatenate(errs)))
 
 
@@ -67,14 +81,24 @@ def errors(model_path: str) -> dict:
     m = read_mrc(MAP, mmap=False)
     volumes = unseen_volumes()
     out = {f"unseen, {box}², SNR 0.1": content_errors(net, volumes, box, 0.1) for box in (64, 128)}
+    out["unseen small, 128², SNR 0.1"] = content_errors(net, volumes, 128, 0.1, fill=0.25)
+    out["unseen CTF, 128², SNR 0.1"] = content_errors(net, volumes, 128, 0.1, fill=0.5, ctf="full")
+    out["unseen CTF small, 128², SNR 0.1"] = content_errors(net, volumes, 128, 0.1, fill=0.25, ctf="full")
     for box in (64, 128):
         vol = resample_map(np.asarray(m.data), voxel_size=m.pixel_size, pixel_size=m.pixel_size, box=box)
         ref = project_map(vol, rot=0.0, tilt=0.0, psi=0.0)[0].astype(np.float32)
         for snr in (1.0, 0.1, 0.05):
             sim = simulate_alignment_stack(ref, pixel_size=m.pixel_size, n_per_image=300, max_shift=10,
                                            integer_shifts=False, ctf_mode="none", snr=snr, seed=1)
-            e = network_angle_error(predict_relative_angles(net, ref, sim.images), sim.angles)
+            crop = network_crop(ref, box, max_shift=10, size=net.size * net.spectrum_bin)
+            e = network_angle_error(predict_relative_angles(net, ref, sim.images, crop=crop), sim.angles)
             out[f"{box}², SNR {snr:g}"] = float(np.median(e))
+        # as the held-out CTF case of benchmarks/alignment.py: the full CTF, defocus 1-2.5 µm, the map's own pixel
+        for snr in (0.1,):
+            sim = simulate_alignment_stack(ref, pixel_size=m.pixel_size, n_per_image=300, max_shift=10,
+                                           integer_shifts=False, ctf_mode="full", snr=snr, seed=1)
+            e = network_angle_error(predict_relative_angles(net, ref, sim.images, crop=crop), sim.angles)
+            out[f"{box}², SNR {snr:g}, CTF"] = float(np.median(e))
     return out
 
 
@@ -86,20 +110,27 @@ def main() -> None:
     for item in args.models:
         label, path = item.split("=", 1)
         model = load_model(path, kind="align")
-        print(append_run(RUNS, {"candidate": label, "kind": model.kind,
+        print(append_run(RUNS, {"candidate": label, "kind": model.kind, "network window": "cropped (fill 0.4)",
                                 "training data": model.extra.get("training_data", "?"),
                                 "steps": model.extra.get("steps"), **errors(path)}), flush=True)
     rows = read_runs(RUNS)
     shown = ("candidate", "kind", "steps", *(f"{b}², SNR {s:g}" for b in (64, 128) for s in (1.0, 0.1, 0.05)),
-             "unseen, 64², SNR 0.1", "unseen, 128², SNR 0.1", "when")
+             "64², SNR 0.1, CTF", "128², SNR 0.1, CTF",
+             "unseen, 64², SNR 0.1", "unseen, 128², SNR 0.1", "unseen small, 128², SNR 0.1",
+             "unseen CTF, 128², SNR 0.1", "unseen CTF small, 128², SNR 0.1", "network window", "when")
     table = [{k: (f"{r[k]:.1f}" if isinstance(r.get(k), float) else r.get(k, "–")) for k in shown} for r in rows]
     info = machine()
     body = "\n\n".join([
         "Written by `benchmarks/align_shipped_tuning.py` (its docstring has the recipe). " + machine_line(info),
         "**Tuning map emd_5625** (never used for training, and not one of the held-out maps): median error of the "
-        "network's own angle (degrees, modulo 180°; chance 45°), 300 particles, no CTF, one noise draw. "
+        "network's own angle (degrees, modulo 180°; chance 45°), 300 particles, no CTF unless the column says *CTF* "
+        "(full CTF, defocus 1-2.5 µm, as the held-out CTF case), one noise draw. "
         "*unseen*: the median over emd_5625 and four synthetic blob volumes the training never drew (seed "
-        f"{TUNING_SEED}), three random views each, 100 particles a view (rows before 2026-12-07 did not measure it).",
+        f"{TUNING_SEED}), three random views each, 100 particles a view (rows before 2026-12-07 did not measure it); "
+        "the volume spans 60 % of the box, *small* 25 %. *CTF*: full CTF, defocus 1-2.5 µm, the blobs particles "
+        f"of {', '.join(f'{d:g}' for d in DIAMETERS)} Å spanning 50 % (or 25 %) of the box. *network window*: "
+        "rows measured since the shipped models read a window cropped around the particle (``network_crop``) "
+        "say so; earlier rows read the whole box.",
         markdown_table(table) if table else "(no candidate measured yet)"])
     write_section("align_shipped_tuning", "Choosing the shipped alignment models' training (tuning map)", body,
                   {"machine": info, "rows": rows})

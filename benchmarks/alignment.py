@@ -115,9 +115,9 @@ def record(row: dict) -> None:
 
 
 def run_case(name: str, box: int, snr: float, ctf_mode: str, seed: int, n: int, train_seconds: float,
-             done: dict, shipped_only: bool = False) -> None:
+             done: dict, shipped_only: bool = False, again: bool = False) -> None:
     key = (name, box, snr, ctf_mode, seed)
-    if not shipped_only and all(key + (m, train_seconds) in done for m in METHODS):
+    if not shipped_only and not again and all(key + (m, train_seconds) in done for m in METHODS):
         return
     sym = ENTRIES[name][1]
     ref, apix = reference_image(name, box)
@@ -169,7 +169,8 @@ def run_case(name: str, box: int, snr: float, ctf_mode: str, seed: int, n: int, 
     for method in ("udl", "judl"):
         t = time.perf_counter()
         model = run(iter_train(sim.images, None, DeepAlignParams(epochs=1, steps_per_epoch=10**7, seed=seed,
-                                                                 time_budget=train_seconds), joint=method == "judl"))
+                                                                 time_budget=train_seconds), joint=method == "judl",
+                               ctf=ctf))
         info = {"train steps": len(model.extra["history"]), "training s": time.perf_counter() - t}
         if method == "udl":
             deep("UDL", model, ref, free=False, train_info=info)
@@ -226,6 +227,8 @@ def main() -> None:
     ap.add_argument("--report-only", action="store_true")
     ap.add_argument("--shipped-only", action="store_true",
                     help="only the shipped models' rows (after retraining them); they replace the earlier ones")
+    ap.add_argument("--again", action="store_true",
+                    help="run the cases again though recorded (after a change); the latest record per key wins")
     ap.add_argument("--runs", type=Path, default=RUNS)
     args = ap.parse_args()
     RUNS = args.runs
@@ -235,7 +238,8 @@ def main() -> None:
     if not args.report_only:
         for case in grid:
             for seed in args.seeds:
-                run_case(*case, seed, args.n, args.train_seconds, done_runs(), shipped_only=args.shipped_only)
+                run_case(*case, seed, args.n, args.train_seconds, done_runs(), shipped_only=args.shipped_only,
+                         again=args.again)
     text, rows = tables(done_runs(), args.train_seconds)
     info = machine()
     body = "\n\n".join([

@@ -41,6 +41,7 @@ from napari_cryoden.align.udl import (  # noqa: E402
     DeepAlignParams,
     checkerboard_halves,
     log_amplitudes,
+    network_crop,
     reconstruction_weight,
     training_losses,
 )
@@ -65,19 +66,22 @@ def blob_volume(rng: np.random.Generator, box: int = 48) -> np.ndarray:
     return vol
 
 
-def volumes(rng: np.random.Generator, n_blobs: int) -> list[tuple[str, np.ndarray, float]]:
+def volumes(rng: np.random.Generator, n_blobs: int, physical: bool = True) -> list[tuple[str, np.ndarray, float]]:
     """(name, volume, voxel size) of emd_3197 and ``n_blobs`` synthetic volumes."""
     m = read_mrc(MAPS / "emd_3197.map", mmap=False)
     vol = np.asarray(m.data, np.float32)
     r = np.sqrt(sum(c**2 for c in np.meshgrid(*[np.arange(n) - n / 2 + 0.5 for n in vol.shape], indexing="ij")))
     sphere = np.clip((vol.shape[0] / 2 - r) / 2.0, 0, 1)  # soft sphere: the cube's edges do not project
     out = [("emd_3197", (vol - np.median(vol)).clip(0) * sphere, float(m.pixel_size))]
-    out += [(f"blobs_{i}", blob_volume(rng), 1.0) for i in range(n_blobs)]
+    # each synthetic particle 100-400 Å across (log-uniform): the CTF then acts at the frequencies it acts on in
+    # real data (with 1 Å voxels the blobs were 36 Å particles, whose window saw CTF rings real particles never show)
+    out += [(f"blobs_{i}", blob_volume(rng), float(np.exp(rng.uniform(np.log(100), np.log(400)))) / (48 * 0.75))
+            for i in range(n_blobs)] if physical else [(f"blobs_{i}", blob_volume(rng), 1.0) for i in range(n_blobs)]
     return out
 
 
-def group(rng: np.random.Generator, vols, n: int, seed: int, snr_range=(0.02, 1.0)
-          ) -> tuple[torch.Tensor, torch.Tensor, dict]:
+def group(rng: np.random.Generator, vols, n: int, seed: int, snr_range=(0.02, 1.0), *, spectrum_bin: int = 1,
+          crop: bool = True) -> tuple[torch.Tensor, torch.Tensor, dict]:
     """One view of one volume as a stack: (n, 2, S, S) log-amplitudes of the particles' two pixel halves, the
     (1, 2, S, S) of the clean centred projection (JUDL's reference), and what was drawn."""
     name, vol, voxel = vols[rng.integers(len(vols))]
@@ -91,10 +95,14 @@ def group(rng: np.random.Generator, vols, n: int, seed: int, snr_range=(0.02, 1.
     sim = simulate_alignment_stack(reference.astype(np.float32), pixel_size=pixel, n_per_image=n, max_shift=box / 10,
                                    integer_shifts=False, ctf_mode=ctf, defocus_range=(10000.0, 30000.0), snr=snr,
                                    seed=seed)
-    h1, h2 = checkerboard_halves(torch.as_tensor(sim.images))
-    halves = torch.cat([log_amplitudes(h1, size=SPECTRUM), log_amplitudes(h2, size=SPECTRUM)], 1)
-    ref = log_amplitudes(reference[None].astype(np.float32), size=SPECTRUM).expand(-1, 2, -1, -1)
-    return halves, ref, {"volume": name, "box": box, "pixel": float(pixel), "snr": snr, "ctf": ctf}
+    images, reference = torch.as_tensor(sim.images), torch.as_tensor(reference.astype(np.float32))
+    side = network_crop(reference.numpy(), box, max_shift=box / 10, size=SPECTRUM * spectrum_bin) if crop else box
+    lo = (box - side) // 2  # the window cryoden align gives the shipped models
+    images, reference = images[:, lo:lo + side, lo:lo + side], reference[lo:lo + side, lo:lo + side]
+    h1, h2 = checkerboard_halves(images.contiguous())
+    halves = torch.cat([log_amplitudes(h, size=SPECTRUM, spectrum_bin=spectrum_bin) for h in (h1, h2)], 1)
+    ref = log_amplitudes(reference[None].contiguous(), size=SPECTRUM, spectrum_bin=spectrum_bin).expand(-1, 2, -1, -1)
+    return halves, ref, {"volume": name, "box": box, "window": side, "pixel": float(pixel), "snr": snr, "ctf": ctf}
 
 
 def _member(starts: torch.Tensor, sizes: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
@@ -111,7 +119,7 @@ def snr_floor(step: int, warm: int, ramp: int, lowest: float) -> float:
 
 
 def train(joint: bool, data, params: DeepAlignParams, *, seconds: float | None, steps: int | None, seed: int,
-          warm: int = 2000, ramp: int = 4000):
+          warm: int = 2000, ramp: int = 4000, reference_pairs: float = 0.0):
     halves, refs, owner, snrs = data
     torch.manual_seed(seed)
     gen = torch.Generator().manual_seed(seed)
@@ -131,6 +139,9 @@ def train(joint: bool, data, params: DeepAlignParams, *, seconds: float | None, 
         swap = torch.rand(bs, generator=gen) < 0.5
         b = torch.where(swap[:, None, None, None], b.flip(1), b)
         a = refs[g] if joint else halves[_member(starts[g], sizes[g], gen)]
+        if not joint and reference_pairs > 0:  # as at inference: the clean reference against a particle
+            use_ref = torch.rand(bs, generator=gen) < reference_pairs
+            a = torch.where(use_ref[:, None, None, None], refs[g], a)
         rot = torch.rand((4, bs), generator=gen) * 360.0
         losses = training_losses(net, ae, net, a, b, rot, joint=joint)
         weight = min(reconstruction_weight(params, step), 5 * params.reconstruction_weight) if joint else 0.0
@@ -163,15 +174,24 @@ def main() -> None:
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--snr", type=float, nargs=2, default=(0.5, 1.0),
                     help="SNR range of the views (log-uniform; the shipped models: 0.5 1, see docs/align.md)")
+    ap.add_argument("--reference-pairs", type=float, default=0.0,
+                    help="UDL: fraction of pairs that are (clean reference, particle) instead of two particles")
+    ap.add_argument("--unit-voxels", action="store_true",
+                    help="the synthetic volumes at 1 Å voxels (36 Å particles), as the models before 2026-12-07")
+    ap.add_argument("--spectrum-bin", type=int, default=1, choices=(1, 2),
+                    help="2: the network's 32² map reaches twice as far in frequency (log_amplitudes)")
+    ap.add_argument("--whole-box", action="store_true",
+                    help="train on the whole box, not the window cryoden align crops around the particle")
     ap.add_argument("--methods", nargs="+", default=["udl", "judl"], choices=("udl", "judl"))
     ap.add_argument("--out", type=Path, default=None, help="folder for the models (default: the package's)")
     args = ap.parse_args()
     rng = np.random.default_rng(args.seed)
     t0 = time.perf_counter()
-    vols = volumes(rng, args.blobs)
+    vols = volumes(rng, args.blobs, physical=not args.unit_voxels)
     halves, refs, owner, drawn = [], [], [], []
     for i in range(args.groups):
-        h, r, d = group(rng, vols, args.per_group, seed=args.seed * 100_000 + i, snr_range=args.snr)
+        h, r, d = group(rng, vols, args.per_group, seed=args.seed * 100_000 + i, snr_range=args.snr,
+                        spectrum_bin=args.spectrum_bin, crop=not args.whole_box)
         halves.append(h)
         refs.append(r)
         owner.append(np.full(len(h), i))
@@ -183,13 +203,19 @@ def main() -> None:
     for method in args.methods:
         joint = method == "judl"
         state, steps, history, seconds = train(joint, data, params, seconds=args.seconds,
-                                               steps=None if args.seconds else args.steps, seed=args.seed)
+                                               steps=None if args.seconds else args.steps, seed=args.seed,
+                                               reference_pairs=args.reference_pairs)
         config = {"architecture": ARCHITECTURE, "box": None, "any_box": True, "spectrum_size": SPECTRUM,
+                  "spectrum_bin": args.spectrum_bin,
                   "base_channels": params.base_channels, "levels": params.levels, "joint": joint}
         extra = {"history": history, "params": dict(params.__dict__), "steps": steps, "seconds": seconds,
                  "seed": args.seed, "script": "scripts/train_align_models.py",
                  "training_data": f"emd_3197 and {args.blobs} synthetic blob volumes, {args.groups} views x "
                                   f"{args.per_group} particles, 64²/128², SNR {args.snr[0]:g}-{args.snr[1]:g}, "
+                                  + ("blobs at 1 Å voxels, " if args.unit_voxels else "blobs 100-400 Å, ")
+                                  + ("whole box, " if args.whole_box else "cropped window, ")
+                                  + f"spectrum bin {args.spectrum_bin}, "
+                                  + (f"UDL reference pairs {args.reference_pairs:g}, " if not joint else "") +
                                   "no/full/|CTF|; never "
                                   + ", ".join(BENCHMARK_MAPS),
                  "groups": drawn, "torch": str(torch.__version__), "threads": torch.get_num_threads()}

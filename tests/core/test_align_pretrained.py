@@ -122,7 +122,7 @@ def test_a_box_smaller_than_the_models_spectrum_is_refused(capsys, tmp_path):
 
 
 def test_the_shipped_model_on_particles_with_a_ctf_warns_unless_it_is_fine_tuned(capsys, tmp_path):
-    """Measured (docs/align.md): on particles with a CTF the shipped models are near chance on their own; the
+    """Measured (docs/align.md): on particles with a CTF the shipped models are far off on their own; the
     CLI says so when a STAR with defoci is aligned by a shipped model that is not fine-tuned, and not otherwise."""
     m = builtin_map()
     vol = resample_map(np.asarray(m.data), voxel_size=m.pixel_size, pixel_size=m.pixel_size, box=64)

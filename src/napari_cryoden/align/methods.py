@@ -58,7 +58,7 @@ class AlignMethod:
         check_model(model, path=path, box=box, where=where)
 
     def train(self, images, reference, params, *, device="cpu", model: ModelFile | None = None, checkpoint=None,
-              resume: bool = False) -> Generator[ProgressEvent, None, ModelFile]:
+              resume: bool = False, ctf=None) -> Generator[ProgressEvent, None, ModelFile]:
         raise TypeError(f"{self.name} does not train")
 
     def align(self, images, reference, classical: ClassicalParams, params=None, *, model: ModelFile | None = None,
@@ -93,9 +93,10 @@ class DeepAlign(AlignMethod):
     def __init__(self, name: str, *, joint: bool, description: str):
         self.name, self.joint, self.description = name, joint, description
 
-    def train(self, images, reference, params, *, device="cpu", model=None, checkpoint=None, resume=False):
+    def train(self, images, reference, params, *, device="cpu", model=None, checkpoint=None, resume=False,
+              ctf=None):
         return (yield from iter_train(images, reference, params, joint=self.joint, device=device, model=model,
-                                      checkpoint=checkpoint, resume=resume))
+                                      checkpoint=checkpoint, resume=resume, ctf=ctf))
 
     def align(self, images, reference, classical, params=None, *, model=None, device="cpu", ctf=None,
               keep_aligned=True, aligned_out=None):

@@ -64,8 +64,9 @@ REFINE_CHOICES = ("none", "local", "fft")
 
 #: What docs/align.md measured of the shipped models on particles with a CTF (the network sees amplitudes only,
 #: so phase-flipping does not change it); the CLI and the Align widget say it to the user.
-SHIPPED_CTF_CAVEAT = ("on particles with a CTF (phase-flipped or not) the shipped models are near chance on their own "
-                      "(held-out map, 128², SNR 0.1: 33° / 26° median, docs/align.md)")
+SHIPPED_CTF_CAVEAT = ("on particles with a CTF (phase-flipped or not) the shipped models are far off on their own "
+                      "(held-out map, 128², SNR 0.1: 27° / 21° median, against 10° / 9° without a CTF; "
+                      "docs/align.md)")
 
 
 @dataclass(frozen=True)
@@ -116,7 +117,7 @@ def _rings(size: int, device: str):
     return index.to(device), counts.to(device), disc.to(device)
 
 
-def log_amplitudes(images, *, size: int | None = None, device="cpu") -> torch.Tensor:
+def log_amplitudes(images, *, size: int | None = None, device="cpu", spectrum_bin: int = 1) -> torch.Tensor:
     """(n, 1, S, S) centred log(1 + |F x|) of images, the network's input.
 
     The mean-free image is tapered by a soft disc first (the box edges would add a cross to the spectrum
@@ -124,7 +125,9 @@ def log_amplitudes(images, *, size: int | None = None, device="cpu") -> torch.Te
     whole box); each ring's mean is removed (a rotation cannot change it: only the anisotropy says the angle)
     and the map outside the inscribed disc is zeroed (corners do not rotate); each map is scaled to unit
     standard deviation. (The seed min-max scaled the whole map; with that input our small network did not
-    learn within 200 steps, with this one it did within 50.)
+    learn within 200 steps, with this one it did within 50.) ``spectrum_bin`` = 2: the map reaches twice as
+    far in frequency, each of its pixels the mean amplitude of the 3 x 3 frequencies centred on every second
+    frequency (the centre stays the zero frequency, so a rotation of the image turns the map about its centre).
     """
     x = _to_tensor(images, device)
     if x.ndim == 2:
@@ -132,9 +135,20 @@ def log_amplitudes(images, *, size: int | None = None, device="cpu") -> torch.Te
     box = x.shape[-1]
     size = box if size is None else size
     x = (x - x.mean((-2, -1), keepdim=True)) * soft_disc(box, device=x.device)
-    amp = torch.log1p(torch.fft.fftshift(torch.fft.fft2(x).abs(), dim=(-2, -1)))
-    lo = box // 2 - size // 2
-    amp = amp[..., lo:lo + size, lo:lo + size].reshape(x.shape[0], -1)
+    amp = torch.fft.fftshift(torch.fft.fft2(x).abs(), dim=(-2, -1))
+    if spectrum_bin > 1:
+        span = size * spectrum_bin
+        if span > box:
+            raise ValueError(f"a {size}² map binned by {spectrum_bin} needs a box of {span} pixels, got {box}")
+        lo = box // 2 - span // 2
+        window = amp[..., lo:lo + span, lo:lo + span].reshape(-1, 1, span, span)
+        k = 2 * (spectrum_bin // 2) + 1
+        amp = torch.nn.functional.avg_pool2d(window, k, stride=spectrum_bin, padding=k // 2,
+                                             count_include_pad=False)[:, 0]
+    else:
+        lo = box // 2 - size // 2
+        amp = amp[..., lo:lo + size, lo:lo + size]
+    amp = torch.log1p(amp).reshape(x.shape[0], -1)
     index, counts, disc = _rings(size, str(x.device))
     ring_mean = torch.zeros(x.shape[0], counts.numel(), device=x.device).index_add_(1, index, amp) / counts
     amp = (amp - ring_mean[:, index]).reshape(-1, size, size)
@@ -157,17 +171,20 @@ def _rotate(maps: torch.Tensor, angles: torch.Tensor) -> torch.Tensor:
     return rotate_images(maps[:, 0], angles, mode="bilinear")[:, None]
 
 
-def _training_halves(source, params: DeepAlignParams, size: int, rng, device) -> torch.Tensor:
-    """(m, 2, S, S) log-amplitudes of the two pixel halves of up to ``max_images`` particles."""
+def _training_halves(source, params: DeepAlignParams, size: int, rng, device, crop: int | None = None,
+                     spectrum_bin: int = 1) -> torch.Tensor:
+    """(m, 2, S, S) log-amplitudes of the two pixel halves of up to ``max_images`` particles (of their centred
+    ``crop`` x ``crop`` window when given)."""
     n = len(source)
     rows = np.sort(rng.choice(n, size=min(n, params.max_images), replace=False))
     blocks = []
     for start in range(0, len(rows), 1024):
         chunk = rows[start:start + 1024]
         lo, hi = int(chunk.min()), int(chunk.max()) + 1
-        h1, h2 = checkerboard_halves(_to_tensor(source.read(lo, hi)[chunk - lo], device))
-        blocks.append(torch.cat([log_amplitudes(h1, size=size, device=device),
-                                 log_amplitudes(h2, size=size, device=device)], dim=1))
+        block = _to_tensor(source.read(lo, hi)[chunk - lo], device)
+        h1, h2 = checkerboard_halves(block if crop is None else _centre_crop(block, crop).contiguous())
+        blocks.append(torch.cat([log_amplitudes(h1, size=size, device=device, spectrum_bin=spectrum_bin),
+                                 log_amplitudes(h2, size=size, device=device, spectrum_bin=spectrum_bin)], dim=1))
     return torch.cat(blocks)
 
 
@@ -220,8 +237,9 @@ def check_model(model: ModelFile, *, path=None, box: int | None = None, where=No
                                       f"{arch or 'of an older napari-cryoden (rotation-equivariant matcher)'}, "
                                       f"this version needs {ARCHITECTURE}: train a new model (--save-model)")
     if box is not None and model.config.get("any_box"):  # a general model (the shipped ones): any box it can see
-        if box < model.config["spectrum_size"]:
-            raise CryodenInputError(path, f"the model looks at {model.config['spectrum_size']}² spectra; "
+        span = model.config["spectrum_size"] * int(model.config.get("spectrum_bin", 1))
+        if box < span:
+            raise CryodenInputError(path, f"the model looks at {span}² spectra; "
                                           f"{'the particles' if where is None else where} are {box}², smaller")
         return
     if box is not None and model.config.get("box") != box:
@@ -231,14 +249,17 @@ def check_model(model: ModelFile, *, path=None, box: int | None = None, where=No
 
 def iter_train(images, reference=None, params: DeepAlignParams | None = None, *, joint: bool = False,
                device="cpu", model: ModelFile | None = None, checkpoint: Checkpointer | None = None,
-               resume: bool = False) -> Generator[ProgressEvent, None, ModelFile]:
+               resume: bool = False, ctf=None) -> Generator[ProgressEvent, None, ModelFile]:
     """Train UDL (``joint=False``: random pairs of particles) or JUDL (``joint=True``: (reference, particle)
     pairs plus the reconstruction term); yields progress events and returns the :class:`ModelFile`.
 
     ``reference`` is used by JUDL (``None``: a bootstrap average of the particles, as in the classical
     reference-free start: JUDL trains reference-free). ``model`` continues training from a saved model.
     ``checkpoint`` writes the training state every ``checkpoint.every`` seconds; with ``resume`` a training
-    continues from it.
+    continues from it. ``ctf`` (the particles' CTFs, as for alignment): the bootstrap average is built from
+    phase-flipped particles aligned with the CTF as a matched filter, as the reference-free alignment builds it
+    (without it, JUDL on particles with a CTF learned against a blurred average that its local refinement,
+    which uses the CTF, then worked against).
     """
     params = validate(params or DeepAlignParams())
     ctx = distributed.context()  # under torchrun: DDP and one pair stream per process
@@ -262,13 +283,24 @@ def iter_train(images, reference=None, params: DeepAlignParams | None = None, *,
         net.load_state_dict(model.state_dict["net"])
         if ae is not None and "autoencoder" in model.state_dict:
             ae.load_state_dict(model.state_dict["autoencoder"])
-    halves = _training_halves(source, params, size, rng, device)
+    crop = None
+    if config.get("any_box"):  # fine-tuning a shipped model: it reads the window it will read at inference
+        if reference is None:  # as iter_align_with_model will: a bootstrap average
+            aligner = ClassicalAligner(np.zeros((box, box), np.float32), ClassicalParams(), device=device)
+            reference = _bootstrap_reference(source, aligner, ClassicalParams(), np.random.default_rng(params.seed),
+                                             ctf)
+    spectrum_bin = int(config.get("spectrum_bin", 1))
+    if config.get("any_box"):
+        crop = network_crop(reference, box, max_shift=ClassicalParams().max_shift, size=size * spectrum_bin)
+    halves = _training_halves(source, params, size, rng, device, crop, spectrum_bin)
     ref_halves = None
     if joint:
         if reference is None:
             aligner = ClassicalAligner(np.zeros((box, box), np.float32), ClassicalParams(), device=device)
-            reference = _bootstrap_reference(source, aligner, ClassicalParams(), rng)
-        ref_amp = log_amplitudes(np.asarray(reference, dtype=np.float32)[None], size=size, device=device)
+            reference = _bootstrap_reference(source, aligner, ClassicalParams(), rng, ctf)
+        ref = np.asarray(reference, dtype=np.float32)
+        ref_amp = log_amplitudes((ref if crop is None else np.ascontiguousarray(_centre_crop(ref, crop)))[None],
+                                 size=size, device=device, spectrum_bin=spectrum_bin)
         ref_halves = ref_amp.expand(-1, 2, -1, -1)  # an average: low noise, the same map in both halves
     model_net, model_ae = net, ae
     net = distributed.wrap(net, ctx)
@@ -349,26 +381,68 @@ def build_network(model: ModelFile, *, device="cpu") -> SiameseAngleRegressor:
     c = model.config
     net = SiameseAngleRegressor(c["spectrum_size"], base=c["base_channels"], levels=c["levels"])
     net.load_state_dict(model.state_dict["net"])
+    net.spectrum_bin = int(c.get("spectrum_bin", 1))  # how its input map is made (log_amplitudes)
     return net.to(device).eval()
+
+
+SHIPPED_FILL = 0.4  # the particle's diameter over the box the shipped models see (chosen on the tuning set)
+
+
+def particle_radius(reference) -> float:
+    """Radius (pixels) of the particle in ``reference``: the radius enclosing 95 % of the energy of its
+    rotational average above the background (the median of the box's edge). Noise in a bootstrap average
+    only enlarges it (a larger, safer crop)."""
+    ref = np.asarray(reference, dtype=np.float64)
+    box = ref.shape[-1]
+    edge = np.concatenate([ref[0], ref[-1], ref[:, 0], ref[:, -1]])
+    c = np.arange(box) - box / 2 + 0.5
+    r = np.sqrt(c[:, None] ** 2 + c[None, :] ** 2)
+    ring = np.minimum(np.round(r).astype(int), box // 2)
+    energy = np.bincount(ring.ravel(), weights=((ref - np.median(edge)) ** 2).ravel(), minlength=box // 2 + 1)
+    cum = np.cumsum(energy)
+    if cum[-1] <= 0:
+        return box / 2
+    return float(np.searchsorted(cum, 0.95 * cum[-1]) + 1)
+
+
+def network_crop(reference, box: int, *, max_shift: float, fill: float = SHIPPED_FILL, size: int = 32) -> int:
+    """Side of the centred window the shipped (any-box) models read: the particle (:func:`particle_radius`)
+    spans about ``fill`` of it, as in their training, while a particle shifted by ``max_shift`` stays inside
+    its soft disc; never smaller than the spectrum (``size``) nor larger than the box. A small particle in a
+    large box is otherwise a few central Fourier pixels to the network (shipped UDL on unseen content at 128²,
+    SNR 0.1: 17° median when the particle spans 20 % of the box, 7° at 60 %)."""
+    radius = particle_radius(reference)
+    side = max(2 * radius / fill, 2 * (radius + max_shift) + 8, size)
+    return int(min(box, 2 * math.ceil(side / 2)))
+
+
+def _centre_crop(x, side: int):
+    lo = (x.shape[-1] - side) // 2
+    return x[..., lo:lo + side, lo:lo + side]
 
 
 @torch.no_grad()
 def predict_relative_angles(net: SiameseAngleRegressor, reference, images, *, device="cpu",
-                            calibration_angles: int = 24) -> np.ndarray:
+                            calibration_angles: int = 24, crop: int | None = None) -> np.ndarray:
     """(n,) angles (degrees, in [0, 180)) of each image relative to the reference: the network's own answer.
 
     The residual offset (what the network says for the reference against itself turned by known angles,
     interpolation included) is calibrated on ``calibration_angles`` rotated copies of the reference.
+    ``crop``: read only the centred ``crop`` x ``crop`` window of the reference and the images
+    (:func:`network_crop`).
     """
-    size = net.size
+    size, spectrum_bin = net.size, getattr(net, "spectrum_bin", 1)
     ref = np.asarray(reference, dtype=np.float32)
-    za = net.orientation(log_amplitudes(ref[None], size=size, device=device))
+    if crop is not None and crop < ref.shape[-1]:
+        ref = np.ascontiguousarray(_centre_crop(ref, crop))
+        images = _centre_crop(_to_tensor(images, device), crop).contiguous()
+    za = net.orientation(log_amplitudes(ref[None], size=size, device=device, spectrum_bin=spectrum_bin))
     gammas = torch.arange(calibration_angles, dtype=torch.float32) * (180.0 / calibration_angles)
     turned = rotate_images(torch.as_tensor(ref)[None].expand(calibration_angles, -1, -1).contiguous(), gammas)
-    calib = net.relative(za, net.orientation(log_amplitudes(turned, size=size, device=device))).cpu()
+    calib = net.relative(za, net.orientation(log_amplitudes(turned, size=size, device=device, spectrum_bin=spectrum_bin))).cpu()
     d = torch.deg2rad(2 * (calib - gammas))
     offset = float(torch.rad2deg(torch.atan2(torch.sin(d).mean(), torch.cos(d).mean())) / 2)
-    phi = net.relative(za, net.orientation(log_amplitudes(images, size=size, device=device)))
+    phi = net.relative(za, net.orientation(log_amplitudes(images, size=size, device=device, spectrum_bin=spectrum_bin)))
     return np.mod(phi.cpu().numpy().astype(np.float64) - offset, 180.0)
 
 
@@ -441,10 +515,13 @@ def iter_align_with_model(images, model: ModelFile, reference=None, params: Clas
     n_batches = _n_batches(n, params.batch_size)
     clock = StageClock("align", n_batches + (n_batches if refine != "none" else _n_batches(n, 512)))
     guess = np.zeros(n)
+    span = model.config["spectrum_size"] * int(model.config.get("spectrum_bin", 1))
+    crop = network_crop(reference, box, max_shift=params.max_shift, size=span) if model.config.get("any_box") else None
     t0 = time.perf_counter()
     for b, start in enumerate(range(0, n, params.batch_size)):
         stop = min(n, start + params.batch_size)
-        guess[start:stop] = predict_relative_angles(net, reference, source.read(start, stop), device=device)
+        guess[start:stop] = predict_relative_angles(net, reference, source.read(start, stop), device=device,
+                                                    crop=crop)
         yield clock.event(b + 1, stage_info="network")
     t_net = time.perf_counter() - t0
     out = aligned_out if aligned_out is not None else (np.empty((n, box, box), np.float32) if keep_aligned else None)
@@ -459,7 +536,7 @@ def iter_align_with_model(images, model: ModelFile, reference=None, params: Clas
     return AlignmentResult(psi, origins, scores, symmetrize(average, params.symmetry), reference,
                            out if aligned_out is None else None,
                            {"method": model.kind.split("/")[-1], "refine": refine, "network_angles": guess,
-                            "network_seconds": t_net, "seconds": clock.elapsed})
+                            "network_crop": crop or box, "network_seconds": t_net, "seconds": clock.elapsed})
 
 
 def network_angle_error(guess: np.ndarray, truth: np.ndarray) -> np.ndarray:
@@ -468,5 +545,6 @@ def network_angle_error(guess: np.ndarray, truth: np.ndarray) -> np.ndarray:
 
 
 __all__ = ["REFINE_CHOICES", "SHIPPED_CTF_CAVEAT", "DeepAlignParams", "build_network", "check_model", "circular_distance_180",
-           "iter_align_with_model", "iter_train", "log_amplitudes", "network_angle_error",
+           "iter_align_with_model", "iter_train", "log_amplitudes", "network_angle_error", "network_crop",
+           "particle_radius",
            "predict_relative_angles", "reconstruction_weight", "train", "training_losses"]
