@@ -24,8 +24,8 @@ from _record import RESULTS, append_run, machine, machine_line, read_runs, write
 
 from napari_cryoden.align.udl import (  # noqa: E402
     build_network,
+    inference_settings,
     network_angle_error,
-    network_crop,
     predict_relative_angles,
 )
 from napari_cryoden.io.mrc import read_mrc  # noqa: E402
@@ -54,10 +54,11 @@ def unseen_volumes(n_blobs: int = 4, n_views: int = 3):
 DIAMETERS = (120.0, 180.0, 260.0, 350.0)  # Å: the unseen blob volumes' physical size in the CTF columns
 
 
-def content_errors(net, volumes, box: int, snr: float, *, fill: float = 0.6, ctf: str = "none") -> float:
+def content_errors(net, model, volumes, box: int, snr: float, *, fill: float = 0.6, ctf: str = "none",
+                   rotations: int | None = None) -> float:
     """Median error over ``volumes`` (:func:`unseen_volumes`) and their views (each volume spanning ``fill`` of
-    the box, 100 particles a view), the network reading the window ``cryoden align`` gives it
-    (:func:`~napari_cryoden.align.udl.network_crop`). With a CTF (defocus 1-2.5 µm, as the held-out benchmark)
+    the box, 100 particles a view), the network applied as ``cryoden align`` applies it
+    (:func:`~napari_cryoden.align.udl.inference_settings`; ``rotations`` overrides its turned copies). With a CTF (defocus 1-2.5 µm, as the held-out benchmark)
     the blobs are particles of :data:`DIAMETERS` Å (emd_5625 its own size), so the pixel size is realistic."""
     errs = []
     for k, (_name, vol, voxel, views) in enumerate(volumes):
@@ -70,34 +71,41 @@ def content_errors(net, volumes, box: int, snr: float, *, fill: float = 0.6, ctf
             sim = simulate_alignment_stack(ref, pixel_size=pixel, n_per_image=100, max_shift=box / 10,
                                            integer_shifts=False, ctf_mode=ctf, defocus_range=(10000.0, 25000.0),
                                            snr=snr, seed=10 * k + j)
-            crop = network_crop(ref, box, max_shift=box / 10, size=net.size * net.spectrum_bin)
-            errs.append(network_angle_error(predict_relative_angles(net, ref, sim.images, crop=crop), sim.angles))
+            how = _how(model, ref, box, box / 10, rotations)
+            errs.append(network_angle_error(predict_relative_angles(net, ref, sim.images, **how), sim.angles))
     return float(np.median(np.concatenate(errs)))
 
 
-def errors(model_path: str) -> dict:
+def _how(model, ref, box, max_shift, rotations):
+    how = inference_settings(model, ref, box, max_shift=max_shift)
+    return how if rotations is None else {**how, "rotations": rotations}
+
+
+def errors(model_path: str, rotations: int | None = None) -> dict:
     model = load_model(model_path, kind="align")
     net = build_network(model)
     m = read_mrc(MAP, mmap=False)
     volumes = unseen_volumes()
-    out = {f"unseen, {box}², SNR 0.1": content_errors(net, volumes, box, 0.1) for box in (64, 128)}
-    out["unseen small, 128², SNR 0.1"] = content_errors(net, volumes, 128, 0.1, fill=0.25)
-    out["unseen CTF, 128², SNR 0.1"] = content_errors(net, volumes, 128, 0.1, fill=0.5, ctf="full")
-    out["unseen CTF small, 128², SNR 0.1"] = content_errors(net, volumes, 128, 0.1, fill=0.25, ctf="full")
+    k = {"rotations": rotations}
+    out = {f"unseen, {box}², SNR 0.1": content_errors(net, model, volumes, box, 0.1, **k) for box in (64, 128)}
+    out["unseen small, 128², SNR 0.1"] = content_errors(net, model, volumes, 128, 0.1, fill=0.25, **k)
+    out["unseen CTF, 128², SNR 0.1"] = content_errors(net, model, volumes, 128, 0.1, fill=0.5, ctf="full", **k)
+    out["unseen CTF small, 128², SNR 0.1"] = content_errors(net, model, volumes, 128, 0.1, fill=0.25, ctf="full",
+                                                            **k)
     for box in (64, 128):
         vol = resample_map(np.asarray(m.data), voxel_size=m.pixel_size, pixel_size=m.pixel_size, box=box)
         ref = project_map(vol, rot=0.0, tilt=0.0, psi=0.0)[0].astype(np.float32)
         for snr in (1.0, 0.1, 0.05):
             sim = simulate_alignment_stack(ref, pixel_size=m.pixel_size, n_per_image=300, max_shift=10,
                                            integer_shifts=False, ctf_mode="none", snr=snr, seed=1)
-            crop = network_crop(ref, box, max_shift=10, size=net.size * net.spectrum_bin)
-            e = network_angle_error(predict_relative_angles(net, ref, sim.images, crop=crop), sim.angles)
+            how = _how(model, ref, box, 10, rotations)
+            e = network_angle_error(predict_relative_angles(net, ref, sim.images, **how), sim.angles)
             out[f"{box}², SNR {snr:g}"] = float(np.median(e))
         # as the held-out CTF case of benchmarks/alignment.py: the full CTF, defocus 1-2.5 µm, the map's own pixel
         for snr in (0.1,):
             sim = simulate_alignment_stack(ref, pixel_size=m.pixel_size, n_per_image=300, max_shift=10,
                                            integer_shifts=False, ctf_mode="full", snr=snr, seed=1)
-            e = network_angle_error(predict_relative_angles(net, ref, sim.images, crop=crop), sim.angles)
+            e = network_angle_error(predict_relative_angles(net, ref, sim.images, **how), sim.angles)
             out[f"{box}², SNR {snr:g}, CTF"] = float(np.median(e))
     return out
 
@@ -105,19 +113,23 @@ def errors(model_path: str) -> dict:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("models", nargs="*", help='"LABEL=PATH" of each candidate model')
+    ap.add_argument("--rotations", type=int, default=None,
+                    help="turned copies each particle is read in (default: as cryoden align applies the model)")
     args = ap.parse_args()
     torch.set_num_threads(1)
     for item in args.models:
         label, path = item.split("=", 1)
         model = load_model(path, kind="align")
+        rotations = args.rotations or inference_settings(model, np.zeros((64, 64)), 64, max_shift=0)["rotations"]
         print(append_run(RUNS, {"candidate": label, "kind": model.kind, "network window": "cropped (fill 0.4)",
+                                "rotations": rotations,
                                 "training data": model.extra.get("training_data", "?"),
-                                "steps": model.extra.get("steps"), **errors(path)}), flush=True)
+                                "steps": model.extra.get("steps"), **errors(path, rotations)}), flush=True)
     rows = read_runs(RUNS)
     shown = ("candidate", "kind", "steps", *(f"{b}², SNR {s:g}" for b in (64, 128) for s in (1.0, 0.1, 0.05)),
              "64², SNR 0.1, CTF", "128², SNR 0.1, CTF",
              "unseen, 64², SNR 0.1", "unseen, 128², SNR 0.1", "unseen small, 128², SNR 0.1",
-             "unseen CTF, 128², SNR 0.1", "unseen CTF small, 128², SNR 0.1", "network window", "when")
+             "unseen CTF, 128², SNR 0.1", "unseen CTF small, 128², SNR 0.1", "network window", "rotations", "when")
     table = [{k: (f"{r[k]:.1f}" if isinstance(r.get(k), float) else r.get(k, "–")) for k in shown} for r in rows]
     info = machine()
     body = "\n\n".join([

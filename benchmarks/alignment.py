@@ -115,7 +115,7 @@ def record(row: dict) -> None:
 
 
 def run_case(name: str, box: int, snr: float, ctf_mode: str, seed: int, n: int, train_seconds: float,
-             done: dict, shipped_only: bool = False, again: bool = False) -> None:
+             done: dict, shipped_only: bool = False, again: bool = False, judl_only: bool = False) -> None:
     key = (name, box, snr, ctf_mode, seed)
     if not shipped_only and not again and all(key + (m, train_seconds) in done for m in METHODS):
         return
@@ -154,6 +154,9 @@ def run_case(name: str, box: int, snr: float, ctf_mode: str, seed: int, n: int, 
         for method in ("udl", "judl"):
             deep(f"shipped {method.upper()}", load_pretrained(f"align/{method}"), ref, free=False)
         return
+    if judl_only:  # JUDL's training changed: its rows again, the latest record per key wins
+        _train_and_score("judl", sim, ctf, seed, train_seconds, deep)
+        return
     t = time.perf_counter()
     res = align_to_reference(sim.images, ref, params, ctf=ctf, keep_aligned=False)
     put("fft (reference)", *full_errors(res, sim, sym), time.perf_counter() - t)
@@ -167,17 +170,23 @@ def run_case(name: str, box: int, snr: float, ctf_mode: str, seed: int, n: int, 
     put("untrained network, own angle", own_angle_error(res.info["network_angles"], sim.angles, sym),
         seconds=time.perf_counter() - t)
     for method in ("udl", "judl"):
-        t = time.perf_counter()
-        model = run(iter_train(sim.images, None, DeepAlignParams(epochs=1, steps_per_epoch=10**7, seed=seed,
-                                                                 time_budget=train_seconds), joint=method == "judl",
-                               ctf=ctf))
-        info = {"train steps": len(model.extra["history"]), "training s": time.perf_counter() - t}
-        if method == "udl":
-            deep("UDL", model, ref, free=False, train_info=info)
-        else:  # reference-free: aligned to the bootstrap reference stored in the model
-            deep("JUDL (reference-free)", model, None, free=True, train_info=info)
+        _train_and_score(method, sim, ctf, seed, train_seconds, deep, ref)
     for method in ("udl", "judl"):
         deep(f"shipped {method.upper()}", load_pretrained(f"align/{method}"), ref, free=False)
+
+
+def _train_and_score(method, sim, ctf, seed, train_seconds, deep, ref=None) -> None:
+    """Train UDL / JUDL on the stack for ``train_seconds`` (JUDL reference-free, with the CTF when there is one)
+    and record its rows."""
+    t = time.perf_counter()
+    model = run(iter_train(sim.images, None, DeepAlignParams(epochs=1, steps_per_epoch=10**7, seed=seed,
+                                                             time_budget=train_seconds), joint=method == "judl",
+                           ctf=ctf))
+    info = {"train steps": len(model.extra["history"]), "training s": time.perf_counter() - t}
+    if method == "udl":
+        deep("UDL", model, ref, free=False, train_info=info)
+    else:  # reference-free: aligned to the bootstrap reference stored in the model
+        deep("JUDL (reference-free)", model, None, free=True, train_info=info)
 
 
 def mean_sd(values, digits: int = 2) -> str:
@@ -229,6 +238,7 @@ def main() -> None:
                     help="only the shipped models' rows (after retraining them); they replace the earlier ones")
     ap.add_argument("--again", action="store_true",
                     help="run the cases again though recorded (after a change); the latest record per key wins")
+    ap.add_argument("--judl-only", action="store_true", help="only the JUDL rows (after a change to its training)")
     ap.add_argument("--runs", type=Path, default=RUNS)
     args = ap.parse_args()
     RUNS = args.runs
@@ -239,7 +249,7 @@ def main() -> None:
         for case in grid:
             for seed in args.seeds:
                 run_case(*case, seed, args.n, args.train_seconds, done_runs(), shipped_only=args.shipped_only,
-                         again=args.again)
+                         again=args.again or args.judl_only, judl_only=args.judl_only)
     text, rows = tables(done_runs(), args.train_seconds)
     info = machine()
     body = "\n\n".join([

@@ -11,7 +11,13 @@ box), in a 64² or 128² box, rotated by U(0, 360)°, shifted by up to box / 10,
 its absolute value (defocus 1-3 µm), at an SNR drawn log-uniformly from ``--snr`` (default 0.5 to 1: on the
 tuning map emd_5625, models trained on 0.02-1 or 0.1-1 with a curriculum were no better at SNR 0.05-1 than
 this one; ``docs/align.md`` has the figures). The network always sees the central ``spectrum_size``²
-log-amplitudes, so one model serves every box (``config["any_box"]``).
+log-amplitudes, so one model serves every box (``config["any_box"]``); at inference ``cryoden align`` shows it
+the window around the particle (``align.udl.inference_settings``).
+
+Options tried on the tuning set and not kept for the shipped models (``docs/align.md`` has the figures):
+``--physical`` (the synthetic particles 100-400 Å across instead of 36 Å, so the CTF acts where it acts on real
+particles), ``--window`` (train on that window rather than the whole box), ``--spectrum-bin 2`` (a map that
+reaches twice as far in frequency), ``--reference-pairs F`` (UDL pairs a clean reference with a particle).
 
 Training is the library's own losses (:func:`napari_cryoden.align.udl.training_losses`) with pairs drawn
 within one group (UDL: two particles of the group; JUDL: the group's clean projection and a particle, plus
@@ -66,7 +72,7 @@ def blob_volume(rng: np.random.Generator, box: int = 48) -> np.ndarray:
     return vol
 
 
-def volumes(rng: np.random.Generator, n_blobs: int, physical: bool = True) -> list[tuple[str, np.ndarray, float]]:
+def volumes(rng: np.random.Generator, n_blobs: int, physical: bool = False) -> list[tuple[str, np.ndarray, float]]:
     """(name, volume, voxel size) of emd_3197 and ``n_blobs`` synthetic volumes."""
     m = read_mrc(MAPS / "emd_3197.map", mmap=False)
     vol = np.asarray(m.data, np.float32)
@@ -81,7 +87,7 @@ def volumes(rng: np.random.Generator, n_blobs: int, physical: bool = True) -> li
 
 
 def group(rng: np.random.Generator, vols, n: int, seed: int, snr_range=(0.02, 1.0), *, spectrum_bin: int = 1,
-          crop: bool = True) -> tuple[torch.Tensor, torch.Tensor, dict]:
+          crop: bool = False) -> tuple[torch.Tensor, torch.Tensor, dict]:
     """One view of one volume as a stack: (n, 2, S, S) log-amplitudes of the particles' two pixel halves, the
     (1, 2, S, S) of the clean centred projection (JUDL's reference), and what was drawn."""
     name, vol, voxel = vols[rng.integers(len(vols))]
@@ -176,22 +182,23 @@ def main() -> None:
                     help="SNR range of the views (log-uniform; the shipped models: 0.5 1, see docs/align.md)")
     ap.add_argument("--reference-pairs", type=float, default=0.0,
                     help="UDL: fraction of pairs that are (clean reference, particle) instead of two particles")
-    ap.add_argument("--unit-voxels", action="store_true",
-                    help="the synthetic volumes at 1 Å voxels (36 Å particles), as the models before 2026-12-07")
+    ap.add_argument("--physical", action="store_true",
+                    help="synthetic particles 100-400 Å across (default: 1 Å voxels, 36 Å particles, as shipped)")
     ap.add_argument("--spectrum-bin", type=int, default=1, choices=(1, 2),
                     help="2: the network's 32² map reaches twice as far in frequency (log_amplitudes)")
-    ap.add_argument("--whole-box", action="store_true",
-                    help="train on the whole box, not the window cryoden align crops around the particle")
+    ap.add_argument("--window", action="store_true",
+                    help="train on the window cryoden align crops around the particle (default: the whole box, "
+                         "as shipped)")
     ap.add_argument("--methods", nargs="+", default=["udl", "judl"], choices=("udl", "judl"))
     ap.add_argument("--out", type=Path, default=None, help="folder for the models (default: the package's)")
     args = ap.parse_args()
     rng = np.random.default_rng(args.seed)
     t0 = time.perf_counter()
-    vols = volumes(rng, args.blobs, physical=not args.unit_voxels)
+    vols = volumes(rng, args.blobs, physical=args.physical)
     halves, refs, owner, drawn = [], [], [], []
     for i in range(args.groups):
         h, r, d = group(rng, vols, args.per_group, seed=args.seed * 100_000 + i, snr_range=args.snr,
-                        spectrum_bin=args.spectrum_bin, crop=not args.whole_box)
+                        spectrum_bin=args.spectrum_bin, crop=args.window)
         halves.append(h)
         refs.append(r)
         owner.append(np.full(len(h), i))
@@ -212,8 +219,8 @@ def main() -> None:
                  "seed": args.seed, "script": "scripts/train_align_models.py",
                  "training_data": f"emd_3197 and {args.blobs} synthetic blob volumes, {args.groups} views x "
                                   f"{args.per_group} particles, 64²/128², SNR {args.snr[0]:g}-{args.snr[1]:g}, "
-                                  + ("blobs at 1 Å voxels, " if args.unit_voxels else "blobs 100-400 Å, ")
-                                  + ("whole box, " if args.whole_box else "cropped window, ")
+                                  + ("blobs 100-400 Å, " if args.physical else "blobs at 1 Å voxels, ")
+                                  + ("cropped window, " if args.window else "whole box, ")
                                   + f"spectrum bin {args.spectrum_bin}, "
                                   + (f"UDL reference pairs {args.reference_pairs:g}, " if not joint else "") +
                                   "no/full/|CTF|; never "

@@ -19,7 +19,12 @@ from _cli import run as run_cli
 
 import napari_cryoden
 from napari_cryoden.align.networks import ARCHITECTURE, SiameseAngleRegressor
-from napari_cryoden.align.udl import build_network, network_angle_error, predict_relative_angles
+from napari_cryoden.align.udl import (
+    build_network,
+    inference_settings,
+    network_angle_error,
+    predict_relative_angles,
+)
 from napari_cryoden.errors import CryodenInputError
 from napari_cryoden.io.mrc import read_mrc, write_mrc
 from napari_cryoden.models import PRETRAINED, ModelFile, load_model, load_pretrained, pretrained_path
@@ -82,8 +87,9 @@ def test_cli_uses_the_pretrained_model_and_fine_tunes_it(capsys, tmp_path):
                               "pretrained", "--reference", tmp_path / "ref.mrc", "--refine", "none", "--device", "cpu")
     assert rc == 0, err
     assert "using the pretrained udl model" in stdout
-    raw = predict_relative_angles(build_network(load_pretrained("align/udl")), read_mrc(tmp_path / "ref.mrc").data,
-                                  sim.images)
+    reference = read_mrc(tmp_path / "ref.mrc").data
+    how = inference_settings(load_pretrained("align/udl"), reference, 64, max_shift=10.0)  # as cryoden align
+    raw = predict_relative_angles(build_network(load_pretrained("align/udl")), reference, sim.images, **how)
     np.testing.assert_allclose(starfile.read(out, always_dict=True)["particles"]["rlnAnglePsi"], raw, atol=1e-4)
     # --time-budget fine-tunes the shipped model on the input first; the result still serves any box.
     rc, stdout, err = run_cli(capsys, "align", tmp_path / "p.mrcs", "-o", tmp_path / "tuned.star", "--method", "judl",

@@ -65,7 +65,7 @@ REFINE_CHOICES = ("none", "local", "fft")
 #: What docs/align.md measured of the shipped models on particles with a CTF (the network sees amplitudes only,
 #: so phase-flipping does not change it); the CLI and the Align widget say it to the user.
 SHIPPED_CTF_CAVEAT = ("on particles with a CTF (phase-flipped or not) the shipped models are far off on their own "
-                      "(held-out map, 128², SNR 0.1: 27° / 21° median, against 10° / 9° without a CTF; "
+                      "(held-out map, 128², SNR 0.1: 26° / 20° median, against 9° / 8° without a CTF; "
                       "docs/align.md)")
 
 
@@ -386,6 +386,7 @@ def build_network(model: ModelFile, *, device="cpu") -> SiameseAngleRegressor:
 
 
 SHIPPED_FILL = 0.4  # the particle's diameter over the box the shipped models see (chosen on the tuning set)
+SHIPPED_ROTATIONS = 8  # turned copies each particle is read in by the shipped models (chosen on the tuning set)
 
 
 def particle_radius(reference) -> float:
@@ -423,27 +424,58 @@ def _centre_crop(x, side: int):
 
 @torch.no_grad()
 def predict_relative_angles(net: SiameseAngleRegressor, reference, images, *, device="cpu",
-                            calibration_angles: int = 24, crop: int | None = None) -> np.ndarray:
+                            calibration_angles: int = 24, crop: int | None = None, rotations: int = 1
+                            ) -> np.ndarray:
     """(n,) angles (degrees, in [0, 180)) of each image relative to the reference: the network's own answer.
 
     The residual offset (what the network says for the reference against itself turned by known angles,
     interpolation included) is calibrated on ``calibration_angles`` rotated copies of the reference.
     ``crop``: read only the centred ``crop`` x ``crop`` window of the reference and the images
-    (:func:`network_crop`).
+    (:func:`network_crop`). ``rotations`` > 1: the network also reads each image turned by k·180°/``rotations``
+    (k = 1, 2, ...) and the answers, turned back, are averaged on the circle of doubled angles — the network is
+    not equivariant, so its errors on the turned copies are partly independent (test-time augmentation).
     """
     size, spectrum_bin = net.size, getattr(net, "spectrum_bin", 1)
     ref = np.asarray(reference, dtype=np.float32)
+    images = _to_tensor(images, device)
     if crop is not None and crop < ref.shape[-1]:
         ref = np.ascontiguousarray(_centre_crop(ref, crop))
-        images = _centre_crop(_to_tensor(images, device), crop).contiguous()
-    za = net.orientation(log_amplitudes(ref[None], size=size, device=device, spectrum_bin=spectrum_bin))
+        images = _centre_crop(images, crop).contiguous()
+
+    def orientation(x):
+        return net.orientation(log_amplitudes(x, size=size, device=device, spectrum_bin=spectrum_bin))
+
+    za = orientation(ref[None])
+
+    def estimate(x: torch.Tensor) -> torch.Tensor:
+        if rotations <= 1:
+            return net.relative(za, orientation(x))
+        s = c = 0.0
+        for k in range(rotations):
+            gamma = k * 180.0 / rotations
+            turned = x if k == 0 else rotate_images(x, torch.full((len(x),), -gamma, device=x.device))
+            d = torch.deg2rad(2 * (net.relative(za, orientation(turned)) + gamma))
+            s, c = s + torch.sin(d), c + torch.cos(d)
+        return torch.rad2deg(torch.atan2(s, c)) / 2
+
     gammas = torch.arange(calibration_angles, dtype=torch.float32) * (180.0 / calibration_angles)
     turned = rotate_images(torch.as_tensor(ref)[None].expand(calibration_angles, -1, -1).contiguous(), gammas)
-    calib = net.relative(za, net.orientation(log_amplitudes(turned, size=size, device=device, spectrum_bin=spectrum_bin))).cpu()
-    d = torch.deg2rad(2 * (calib - gammas))
+    d = torch.deg2rad(2 * (estimate(_to_tensor(turned, device)).cpu() - gammas))
     offset = float(torch.rad2deg(torch.atan2(torch.sin(d).mean(), torch.cos(d).mean())) / 2)
-    phi = net.relative(za, net.orientation(log_amplitudes(images, size=size, device=device, spectrum_bin=spectrum_bin)))
-    return np.mod(phi.cpu().numpy().astype(np.float64) - offset, 180.0)
+    return np.mod(estimate(images).cpu().numpy().astype(np.float64) - offset, 180.0)
+
+
+def inference_settings(model: ModelFile, reference, box: int, *, max_shift: float, refine: str = "none") -> dict:
+    """How ``cryoden align`` applies ``model`` to particles of ``box`` (keyword arguments of
+    :func:`predict_relative_angles`): a shipped (any-box) model reads the window around the particle
+    (:func:`network_crop`), and where its angle is the answer (``refine="none"``) averages
+    :data:`SHIPPED_ROTATIONS` turned copies (a local search after it gains little from them at 8 times the
+    network's time: docs/align.md); a model trained on the stack reads the whole box once, as it was trained."""
+    if not model.config.get("any_box"):
+        return {"crop": None, "rotations": 1}
+    span = model.config["spectrum_size"] * int(model.config.get("spectrum_bin", 1))
+    return {"crop": network_crop(reference, box, max_shift=max_shift, size=span),
+            "rotations": SHIPPED_ROTATIONS if refine == "none" else 1}
 
 
 def _local_guesses(guess: np.ndarray, window: float, params: ClassicalParams) -> np.ndarray:
@@ -515,13 +547,11 @@ def iter_align_with_model(images, model: ModelFile, reference=None, params: Clas
     n_batches = _n_batches(n, params.batch_size)
     clock = StageClock("align", n_batches + (n_batches if refine != "none" else _n_batches(n, 512)))
     guess = np.zeros(n)
-    span = model.config["spectrum_size"] * int(model.config.get("spectrum_bin", 1))
-    crop = network_crop(reference, box, max_shift=params.max_shift, size=span) if model.config.get("any_box") else None
+    how = inference_settings(model, reference, box, max_shift=params.max_shift, refine=refine)
     t0 = time.perf_counter()
     for b, start in enumerate(range(0, n, params.batch_size)):
         stop = min(n, start + params.batch_size)
-        guess[start:stop] = predict_relative_angles(net, reference, source.read(start, stop), device=device,
-                                                    crop=crop)
+        guess[start:stop] = predict_relative_angles(net, reference, source.read(start, stop), device=device, **how)
         yield clock.event(b + 1, stage_info="network")
     t_net = time.perf_counter() - t0
     out = aligned_out if aligned_out is not None else (np.empty((n, box, box), np.float32) if keep_aligned else None)
@@ -536,7 +566,8 @@ def iter_align_with_model(images, model: ModelFile, reference=None, params: Clas
     return AlignmentResult(psi, origins, scores, symmetrize(average, params.symmetry), reference,
                            out if aligned_out is None else None,
                            {"method": model.kind.split("/")[-1], "refine": refine, "network_angles": guess,
-                            "network_crop": crop or box, "network_seconds": t_net, "seconds": clock.elapsed})
+                            "network_crop": how["crop"] or box,
+                            "network_rotations": how["rotations"], "network_seconds": t_net, "seconds": clock.elapsed})
 
 
 def network_angle_error(guess: np.ndarray, truth: np.ndarray) -> np.ndarray:
@@ -544,7 +575,7 @@ def network_angle_error(guess: np.ndarray, truth: np.ndarray) -> np.ndarray:
     return np.abs(np.mod(np.asarray(guess) - np.asarray(truth) + 90.0, 180.0) - 90.0)
 
 
-__all__ = ["REFINE_CHOICES", "SHIPPED_CTF_CAVEAT", "DeepAlignParams", "build_network", "check_model", "circular_distance_180",
-           "iter_align_with_model", "iter_train", "log_amplitudes", "network_angle_error", "network_crop",
-           "particle_radius",
-           "predict_relative_angles", "reconstruction_weight", "train", "training_losses"]
+__all__ = ["REFINE_CHOICES", "SHIPPED_CTF_CAVEAT", "DeepAlignParams", "build_network", "check_model",
+           "circular_distance_180", "inference_settings", "iter_align_with_model", "iter_train", "log_amplitudes",
+           "network_angle_error", "network_crop", "particle_radius", "predict_relative_angles",
+           "reconstruction_weight", "train", "training_losses"]
