@@ -77,7 +77,7 @@ def content_errors(net, model, volumes, box: int, snr: float, *, fill: float = 0
 
 
 def _how(model, ref, box, max_shift, rotations):
-    how = inference_settings(model, ref, box, max_shift=max_shift)
+    how = inference_settings(model, ref, box, max_shift=max_shift, refine="none")
     return how if rotations is None else {**how, "rotations": rotations}
 
 
@@ -102,11 +102,11 @@ def errors(model_path: str, rotations: int | None = None) -> dict:
             e = network_angle_error(predict_relative_angles(net, ref, sim.images, **how), sim.angles)
             out[f"{box}², SNR {snr:g}"] = float(np.median(e))
         # as the held-out CTF case of benchmarks/alignment.py: the full CTF, defocus 1-2.5 µm, the map's own pixel
-        for snr in (0.1,):
-            sim = simulate_alignment_stack(ref, pixel_size=m.pixel_size, n_per_image=300, max_shift=10,
-                                           integer_shifts=False, ctf_mode="full", snr=snr, seed=1)
-            e = network_angle_error(predict_relative_angles(net, ref, sim.images, **how), sim.angles)
-            out[f"{box}², SNR {snr:g}, CTF"] = float(np.median(e))
+        sim = simulate_alignment_stack(ref, pixel_size=m.pixel_size, n_per_image=300, max_shift=10,
+                                       integer_shifts=False, ctf_mode="full", snr=0.1, seed=1)
+        e = network_angle_error(predict_relative_angles(net, ref, sim.images, **_how(model, ref, box, 10, rotations)),
+                                sim.angles)
+        out[f"{box}², SNR 0.1, CTF"] = float(np.median(e))
     return out
 
 
@@ -120,8 +120,10 @@ def main() -> None:
     for item in args.models:
         label, path = item.split("=", 1)
         model = load_model(path, kind="align")
-        rotations = args.rotations or inference_settings(model, np.zeros((64, 64)), 64, max_shift=0)["rotations"]
-        print(append_run(RUNS, {"candidate": label, "kind": model.kind, "network window": "cropped (fill 0.4)",
+        rotations = args.rotations if args.rotations is not None else inference_settings(
+            model, np.zeros((64, 64)), 64, max_shift=0, refine="none")["rotations"]
+        window = "cropped (fill 0.4)" if model.config.get("any_box") else "whole box"
+        print(append_run(RUNS, {"candidate": label, "kind": model.kind, "network window": window,
                                 "rotations": rotations,
                                 "training data": model.extra.get("training_data", "?"),
                                 "steps": model.extra.get("steps"), **errors(path, rotations)}), flush=True)

@@ -10,8 +10,8 @@ each group of particles one view of one volume at a random pixel size (the parti
 box), in a 64² or 128² box, rotated by U(0, 360)°, shifted by up to box / 10, with no CTF, the full CTF or
 its absolute value (defocus 1-3 µm), at an SNR drawn log-uniformly from ``--snr`` (default 0.5 to 1: on the
 tuning map emd_5625, models trained on 0.02-1 or 0.1-1 with a curriculum were no better at SNR 0.05-1 than
-this one; ``docs/align.md`` has the figures). The network always sees the central ``spectrum_size``²
-log-amplitudes, so one model serves every box (``config["any_box"]``); at inference ``cryoden align`` shows it
+this one; ``docs/align.md`` has the figures). The network always sees a ``spectrum_size``² map of
+log-amplitudes (the central frequencies; with ``--spectrum-bin 2`` every second one), so one model serves every box (``config["any_box"]``); at inference ``cryoden align`` shows it
 the window around the particle (``align.udl.inference_settings``).
 
 Options tried on the tuning set and not kept for the shipped models (``docs/align.md`` has the figures):

@@ -88,7 +88,7 @@ def test_the_shipped_model_reads_a_small_particle_through_the_window(kind):
     window = np.median(network_angle_error(predict_relative_angles(net, ref, sim.images, crop=crop), sim.angles))
     assert window < 8.0 and whole > window + 5.0, (whole, window)
     res = run(iter_align_with_model(sim.images, model, ref, refine="none", keep_aligned=False))
-    how = inference_settings(model, ref, 128, max_shift=10.0)
+    how = inference_settings(model, ref, 128, max_shift=10.0, refine="none")
     assert res.info["network_crop"] == how["crop"] == crop and res.info["network_rotations"] == SHIPPED_ROTATIONS
     np.testing.assert_allclose(res.info["network_angles"], predict_relative_angles(net, ref, sim.images, **how),
                                atol=1e-3)

@@ -58,7 +58,7 @@ class AlignMethod:
         check_model(model, path=path, box=box, where=where)
 
     def train(self, images, reference, params, *, device="cpu", model: ModelFile | None = None, checkpoint=None,
-              resume: bool = False, ctf=None) -> Generator[ProgressEvent, None, ModelFile]:
+              resume: bool = False, ctf=None, classical=None) -> Generator[ProgressEvent, None, ModelFile]:
         raise TypeError(f"{self.name} does not train")
 
     def align(self, images, reference, classical: ClassicalParams, params=None, *, model: ModelFile | None = None,
@@ -94,9 +94,9 @@ class DeepAlign(AlignMethod):
         self.name, self.joint, self.description = name, joint, description
 
     def train(self, images, reference, params, *, device="cpu", model=None, checkpoint=None, resume=False,
-              ctf=None):
+              ctf=None, classical=None):
         return (yield from iter_train(images, reference, params, joint=self.joint, device=device, model=model,
-                                      checkpoint=checkpoint, resume=resume, ctf=ctf))
+                                      checkpoint=checkpoint, resume=resume, ctf=ctf, classical=classical))
 
     def align(self, images, reference, classical, params=None, *, model=None, device="cpu", ctf=None,
               keep_aligned=True, aligned_out=None):

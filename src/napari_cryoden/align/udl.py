@@ -138,6 +138,8 @@ def log_amplitudes(images, *, size: int | None = None, device="cpu", spectrum_bi
     amp = torch.fft.fftshift(torch.fft.fft2(x).abs(), dim=(-2, -1))
     if spectrum_bin > 1:
         span = size * spectrum_bin
+        if size % 2:
+            raise ValueError(f"a binned map needs an even size (its zero frequency on a pixel), got {size}")
         if span > box:
             raise ValueError(f"a {size}² map binned by {spectrum_bin} needs a box of {span} pixels, got {box}")
         lo = box // 2 - span // 2
@@ -249,7 +251,8 @@ def check_model(model: ModelFile, *, path=None, box: int | None = None, where=No
 
 def iter_train(images, reference=None, params: DeepAlignParams | None = None, *, joint: bool = False,
                device="cpu", model: ModelFile | None = None, checkpoint: Checkpointer | None = None,
-               resume: bool = False, ctf=None) -> Generator[ProgressEvent, None, ModelFile]:
+               resume: bool = False, ctf=None, classical: ClassicalParams | None = None
+               ) -> Generator[ProgressEvent, None, ModelFile]:
     """Train UDL (``joint=False``: random pairs of particles) or JUDL (``joint=True``: (reference, particle)
     pairs plus the reconstruction term); yields progress events and returns the :class:`ModelFile`.
 
@@ -258,8 +261,9 @@ def iter_train(images, reference=None, params: DeepAlignParams | None = None, *,
     ``checkpoint`` writes the training state every ``checkpoint.every`` seconds; with ``resume`` a training
     continues from it. ``ctf`` (the particles' CTFs, as for alignment): the bootstrap average is built from
     phase-flipped particles aligned with the CTF as a matched filter, as the reference-free alignment builds it
-    (without it, JUDL on particles with a CTF learned against a blurred average that its local refinement,
-    which uses the CTF, then worked against).
+    (without it, JUDL on particles with a CTF learned against a contrast-inverted average that its local
+    refinement, which uses the CTF, then worked against). ``classical``: the alignment settings the model will be
+    used with (a shipped model's window follows their ``max_shift`` and bootstrap, as at inference).
     """
     params = validate(params or DeepAlignParams())
     ctx = distributed.context()  # under torchrun: DDP and one pair stream per process
@@ -283,19 +287,17 @@ def iter_train(images, reference=None, params: DeepAlignParams | None = None, *,
         net.load_state_dict(model.state_dict["net"])
         if ae is not None and "autoencoder" in model.state_dict:
             ae.load_state_dict(model.state_dict["autoencoder"])
-    crop = None
+    crop, spectrum_bin = None, int(config.get("spectrum_bin", 1))
     if config.get("any_box"):  # fine-tuning a shipped model: it reads the window it will read at inference
+        classical = classical or ClassicalParams()
         if reference is None:  # as iter_align_with_model will: a bootstrap average
-            aligner = ClassicalAligner(np.zeros((box, box), np.float32), ClassicalParams(), device=device)
-            reference = _bootstrap_reference(source, aligner, ClassicalParams(), np.random.default_rng(params.seed),
-                                             ctf)
-    spectrum_bin = int(config.get("spectrum_bin", 1))
-    if config.get("any_box"):
-        crop = network_crop(reference, box, max_shift=ClassicalParams().max_shift, size=size * spectrum_bin)
+            aligner = ClassicalAligner(np.zeros((box, box), np.float32), classical, device=device)
+            reference = _bootstrap_reference(source, aligner, classical, np.random.default_rng(classical.seed), ctf)
+        crop = network_crop(reference, box, max_shift=classical.max_shift, size=size * spectrum_bin)
     halves = _training_halves(source, params, size, rng, device, crop, spectrum_bin)
     ref_halves = None
     if joint:
-        if reference is None:
+        if reference is None:  # JUDL trained on the stack, reference-free (drawn from the training's rng, as before)
             aligner = ClassicalAligner(np.zeros((box, box), np.float32), ClassicalParams(), device=device)
             reference = _bootstrap_reference(source, aligner, ClassicalParams(), rng, ctf)
         ref = np.asarray(reference, dtype=np.float32)
@@ -465,7 +467,7 @@ def predict_relative_angles(net: SiameseAngleRegressor, reference, images, *, de
     return np.mod(estimate(images).cpu().numpy().astype(np.float64) - offset, 180.0)
 
 
-def inference_settings(model: ModelFile, reference, box: int, *, max_shift: float, refine: str = "none") -> dict:
+def inference_settings(model: ModelFile, reference, box: int, *, max_shift: float, refine: str) -> dict:
     """How ``cryoden align`` applies ``model`` to particles of ``box`` (keyword arguments of
     :func:`predict_relative_angles`): a shipped (any-box) model reads the window around the particle
     (:func:`network_crop`), and where its angle is the answer (``refine="none"``) averages

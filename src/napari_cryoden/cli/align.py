@@ -122,7 +122,7 @@ def _align_one(args) -> int:
     if not ctx.is_main and (not ctx.active or not train):
         return 0  # under torchrun rank 0 aligns one input alone; the others only help train a network
     if train:
-        model = _train(args, chosen, deep, source, reference, device, model, inputs, disable, ctf)
+        model = _train(args, chosen, deep, source, reference, device, model, inputs, disable, ctf, params)
         if model is None:
             return 0  # a helper process of a distributed training
     if chosen.trains:
@@ -200,14 +200,14 @@ def _trains(args, model) -> bool:
     return model is None or any(getattr(args, f"net_{name}", None) is not None for name in ("epochs", "time_budget"))
 
 
-def _train(args, chosen, deep, source, reference, device, model, inputs, disable, ctf=None):
+def _train(args, chosen, deep, source, reference, device, model, inputs, disable, ctf=None, classical=None):
     from .. import distributed
     from ..models import save_model
     from ..progress import run_with_bar
 
     ckpt = checkpointer(args, args.output, inputs)
     gen = chosen.train(source, reference, deep, device=device, model=model, checkpoint=ckpt, resume=args.resume,
-                       ctf=ctf)
+                       ctf=ctf, classical=classical)
     model = run_with_bar(announce_resume(gen, ckpt), disable=disable)
     if ckpt is not None and distributed.context().is_main:
         ckpt.remove()  # trained: aligning with the network is quick and needs no checkpoint

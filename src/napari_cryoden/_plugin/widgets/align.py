@@ -148,7 +148,7 @@ class AlignWidget(ScrollingDock):
         def job():
             nonlocal model
             if train:
-                model = yield from chosen.train(data, ref, deep, model=model)
+                model = yield from chosen.train(data, ref, deep, model=model, classical=params)
             result = yield from chosen.align(data, ref, params, deep, model=model, keep_aligned=True)
             return (model if chosen.trains else None), result
 
