@@ -98,15 +98,13 @@ def test_reference_free_recovers_parameters_up_to_one_global_rotation(reference)
 def test_reference_free_with_ctf_averages_phase_flipped_particles(reference):
     """Particles of different defocus: the average is built from phase-flipped particles, so their contrast
     adds up and the reference-free alignment still finds the angles (the raw average cancelled them)."""
+    from _stacks import stack_ctf
+
     from napari_cryoden.align.cross_correlation import phase_flip
-    from napari_cryoden.simulate.ctf import ctf_2d
 
     sim = simulate_alignment_stack(reference, pixel_size=2.0, n_per_image=80, max_shift=3.0, integer_shifts=False,
                                    ctf_mode="full", snr=1.0, seed=6)
-    p = sim.table.particles
-    ctf = ctf_2d((BOX, BOX), pixel_size=2.0, defocus_u=p["rlnDefocusU"].to_numpy(),
-                 defocus_v=p["rlnDefocusV"].to_numpy(), defocus_angle=p["rlnDefocusAngle"].to_numpy(),
-                 amplitude_contrast=0.07, b_factor=50.0).astype(np.float32)
+    ctf = stack_ctf(sim, BOX, 2.0)
     # Phase flipping undoes the CTF's sign: flipping twice gives the particle back.
     np.testing.assert_allclose(phase_flip(phase_flip(sim.images[:3], ctf[:3]), ctf[:3]), sim.images[:3], atol=1e-4)
     res = align_reference_free(sim.images, ClassicalParams(max_shift=5, iterations=6, seed_images=40), ctf=ctf)

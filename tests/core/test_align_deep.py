@@ -234,16 +234,12 @@ def test_judl_on_particles_with_a_ctf_learns_against_an_average_of_phase_flipped
     against, and its local refinement uses, carries the CTF's sign: here it is the inverted particle (best
     correlation with the true view over rotations -0.58 / -0.52 / -0.45 against 0.69 / 0.72 / 0.84 with the
     CTFs, data seeds 6 / 7 / 8)."""
-    from napari_cryoden.align.transforms import rotate_images
-    from napari_cryoden.simulate.ctf import ctf_2d
+    from _stacks import stack_ctf
 
     ref = _reference()
     sim = simulate_alignment_stack(ref, pixel_size=2.0, n_per_image=80, max_shift=3.0, integer_shifts=False,
                                    ctf_mode="full", snr=1.0, seed=6)
-    p = sim.table.particles
-    ctf = ctf_2d((BOX, BOX), pixel_size=2.0, defocus_u=p["rlnDefocusU"].to_numpy(),
-                 defocus_v=p["rlnDefocusV"].to_numpy(), defocus_angle=p["rlnDefocusAngle"].to_numpy(),
-                 amplitude_contrast=0.07, b_factor=50.0).astype(np.float32)
+    ctf = stack_ctf(sim, BOX, 2.0)
     params = DeepAlignParams(epochs=1, steps_per_epoch=1, batch_size=4, spectrum_size=16, seed=0)
 
     def best_correlation(average) -> float:  # over in-plane rotations: the reference-free frame is arbitrary

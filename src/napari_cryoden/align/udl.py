@@ -424,30 +424,20 @@ def _centre_crop(x, side: int):
     return x[..., lo:lo + side, lo:lo + side]
 
 
-@torch.no_grad()
-def predict_relative_angles(net: SiameseAngleRegressor, reference, images, *, device="cpu",
-                            calibration_angles: int = 24, crop: int | None = None, rotations: int = 1
-                            ) -> np.ndarray:
-    """(n,) angles (degrees, in [0, 180)) of each image relative to the reference: the network's own answer.
-
-    The residual offset (what the network says for the reference against itself turned by known angles,
-    interpolation included) is calibrated on ``calibration_angles`` rotated copies of the reference.
-    ``crop``: read only the centred ``crop`` x ``crop`` window of the reference and the images
-    (:func:`network_crop`). ``rotations`` > 1: the network also reads each image turned by k·180°/``rotations``
-    (k = 1, 2, ...) and the answers, turned back, are averaged on the circle of doubled angles — the network is
-    not equivariant, so its errors on the turned copies are partly independent (test-time augmentation).
-    """
+def relative_angle_predictor(net: SiameseAngleRegressor, reference, *, device="cpu", calibration_angles: int = 24,
+                             crop: int | None = None, rotations: int = 1):
+    """A function of images giving their (n,) angles (degrees, in [0, 180)) relative to the reference: the
+    network's own answer (:func:`predict_relative_angles`), with the reference's orientation and the calibration
+    computed once, for every batch of particles after."""
     size, spectrum_bin = net.size, getattr(net, "spectrum_bin", 1)
     ref = np.asarray(reference, dtype=np.float32)
-    images = _to_tensor(images, device)
-    if crop is not None and crop < ref.shape[-1]:
+    if crop is not None and crop >= ref.shape[-1]:
+        crop = None
+    if crop is not None:
         ref = np.ascontiguousarray(_centre_crop(ref, crop))
-        images = _centre_crop(images, crop).contiguous()
 
     def orientation(x):
         return net.orientation(log_amplitudes(x, size=size, device=device, spectrum_bin=spectrum_bin))
-
-    za = orientation(ref[None])
 
     def estimate(x: torch.Tensor) -> torch.Tensor:
         if rotations <= 1:
@@ -460,11 +450,37 @@ def predict_relative_angles(net: SiameseAngleRegressor, reference, images, *, de
             s, c = s + torch.sin(d), c + torch.cos(d)
         return torch.rad2deg(torch.atan2(s, c)) / 2
 
-    gammas = torch.arange(calibration_angles, dtype=torch.float32) * (180.0 / calibration_angles)
-    turned = rotate_images(torch.as_tensor(ref)[None].expand(calibration_angles, -1, -1).contiguous(), gammas)
-    d = torch.deg2rad(2 * (estimate(_to_tensor(turned, device)).cpu() - gammas))
-    offset = float(torch.rad2deg(torch.atan2(torch.sin(d).mean(), torch.cos(d).mean())) / 2)
-    return np.mod(estimate(images).cpu().numpy().astype(np.float64) - offset, 180.0)
+    with torch.no_grad():
+        za = orientation(ref[None])
+        gammas = torch.arange(calibration_angles, dtype=torch.float32) * (180.0 / calibration_angles)
+        turned = rotate_images(torch.as_tensor(ref)[None].expand(calibration_angles, -1, -1).contiguous(), gammas)
+        d = torch.deg2rad(2 * (estimate(_to_tensor(turned, device)).cpu() - gammas))
+        offset = float(torch.rad2deg(torch.atan2(torch.sin(d).mean(), torch.cos(d).mean())) / 2)
+
+    @torch.no_grad()
+    def predict(images) -> np.ndarray:
+        images = _to_tensor(images, device)
+        if crop is not None:
+            images = _centre_crop(images, crop).contiguous()
+        return np.mod(estimate(images).cpu().numpy().astype(np.float64) - offset, 180.0)
+
+    return predict
+
+
+def predict_relative_angles(net: SiameseAngleRegressor, reference, images, *, device="cpu",
+                            calibration_angles: int = 24, crop: int | None = None, rotations: int = 1
+                            ) -> np.ndarray:
+    """(n,) angles (degrees, in [0, 180)) of each image relative to the reference: the network's own answer.
+
+    The residual offset (what the network says for the reference against itself turned by known angles,
+    interpolation included) is calibrated on ``calibration_angles`` rotated copies of the reference.
+    ``crop``: read only the centred ``crop`` x ``crop`` window of the reference and the images
+    (:func:`network_crop`). ``rotations`` > 1: the network also reads each image turned by k·180°/``rotations``
+    (k = 1, 2, ...) and the answers, turned back, are averaged on the circle of doubled angles — the network is
+    not equivariant, so its errors on the turned copies are partly independent (test-time augmentation).
+    """
+    return relative_angle_predictor(net, reference, device=device, calibration_angles=calibration_angles, crop=crop,
+                                    rotations=rotations)(images)
 
 
 def inference_settings(model: ModelFile, reference, box: int, *, max_shift: float, refine: str) -> dict:
@@ -551,9 +567,10 @@ def iter_align_with_model(images, model: ModelFile, reference=None, params: Clas
     guess = np.zeros(n)
     how = inference_settings(model, reference, box, max_shift=params.max_shift, refine=refine)
     t0 = time.perf_counter()
+    predict = relative_angle_predictor(net, reference, device=device, **how)
     for b, start in enumerate(range(0, n, params.batch_size)):
         stop = min(n, start + params.batch_size)
-        guess[start:stop] = predict_relative_angles(net, reference, source.read(start, stop), device=device, **how)
+        guess[start:stop] = predict(source.read(start, stop))
         yield clock.event(b + 1, stage_info="network")
     t_net = time.perf_counter() - t0
     out = aligned_out if aligned_out is not None else (np.empty((n, box, box), np.float32) if keep_aligned else None)
@@ -580,4 +597,4 @@ def network_angle_error(guess: np.ndarray, truth: np.ndarray) -> np.ndarray:
 __all__ = ["REFINE_CHOICES", "SHIPPED_CTF_CAVEAT", "DeepAlignParams", "build_network", "check_model",
            "circular_distance_180", "inference_settings", "iter_align_with_model", "iter_train", "log_amplitudes",
            "network_angle_error", "network_crop", "particle_radius", "predict_relative_angles",
-           "reconstruction_weight", "train", "training_losses"]
+           "reconstruction_weight", "relative_angle_predictor", "train", "training_losses"]
