@@ -95,6 +95,24 @@ def test_reference_free_recovers_parameters_up_to_one_global_rotation(reference)
     assert res.info["reference"] == "free"
 
 
+def test_reference_free_with_angle_guesses_searches_only_near_them(reference):
+    """What the deep methods hand over: the passes search near the guesses (then near the angle the pass
+    before found), not globally. Guesses at the true angles recover them (known answers, in the guesses'
+    frame); particles guessed 90° off keep an angle far from the truth, which the global search finds."""
+    sim = _stack(reference, n=80, snr=2.0, seed=4, max_shift=4)
+    guess = sim.angles.copy()
+    wrong = np.arange(80) % 8 == 0
+    guess[wrong] += 90.0
+    params = ClassicalParams(max_shift=6, iterations=3, seed_images=40)
+    res = align_reference_free(sim.images, params, initial_reference=reference, angle_guess=guess)
+    err = angular_error(res.angles, sim.angles)
+    assert np.median(err[~wrong]) < 1.0  # (shifts: up to the re-centring of the average, as any free result)
+    assert np.all(err[wrong] > 45.0)
+    assert res.info["search"] == "local" and res.info["iterations"] >= 2
+    glob = align_reference_free(sim.images, params, initial_reference=reference)
+    assert np.median(angular_error(glob.angles, sim.angles)[wrong]) < 2.0 and glob.info["search"] == "global"
+
+
 def test_reference_free_with_ctf_averages_phase_flipped_particles(reference):
     """Particles of different defocus: the average is built from phase-flipped particles, so their contrast
     adds up and the reference-free alignment still finds the angles (the raw average cancelled them)."""

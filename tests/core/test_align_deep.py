@@ -32,6 +32,7 @@ from napari_cryoden.align.udl import (
 )
 from napari_cryoden.errors import CryodenInputError
 from napari_cryoden.metrics import angular_error
+from napari_cryoden.metrics.alignment import remove_global_rotation
 from napari_cryoden.models import ModelFile, load_model, save_model
 from napari_cryoden.progress import ProgressEvent, run
 from napari_cryoden.sample_data import builtin_map
@@ -172,6 +173,16 @@ def test_refine_local_finds_the_flip_and_the_shift(udl_model, held_out):
     assert np.median(np.abs(result.origins - held_out.origins)) < 0.3
     assert np.mean(angular_error(result.info["network_angles"], held_out.angles) > 90) > 0.25  # mod 180 only
     assert np.median(np.abs(held_out.origins)) > 0.5
+
+
+def test_refine_local_without_a_reference_refines_the_average_near_the_networks_angles(udl_model, held_out):
+    """Reference-free (no reference given): a first pass near the network's angles against the bootstrap
+    average, then passes that refine the average (split halves) searching near the last angles. Known answers
+    up to the one global rotation of any reference-free result."""
+    result = run(iter_align_with_model(held_out.images, udl_model, None, refine="local", window=10.0))
+    assert result.info["reference"] == "free" and result.info["iterations"] >= 1
+    _, psi = remove_global_rotation(result.angles, held_out.angles)
+    assert np.median(angular_error(psi, held_out.angles)) < 1.5
 
 
 def test_judl_reconstruction_term_has_gradient_in_step_one(sim):

@@ -668,13 +668,19 @@ def filter_rings(image: np.ndarray, weight: np.ndarray) -> np.ndarray:
 
 
 def iter_align_reference_free(images, params: ClassicalParams | None = None, *, device="cpu", ctf=None,
-                              initial_reference=None, keep_aligned: bool = True, aligned_out=None
+                              initial_reference=None, angle_guess=None, keep_aligned: bool = True,
+                              aligned_out=None, clock: StageClock | None = None, step_offset: int = 0
                               ) -> Generator[ProgressEvent, None, AlignmentResult]:
     """Reference-free alignment: align to the current average, re-average, repeat until the angles settle.
 
     The start is a bootstrap average (see :func:`_bootstrap_reference`) unless ``initial_reference`` is
     given. Each average is symmetrised (n-fold) and re-centred on its centre of mass. The result is defined
     up to one global rotation (and the shift that goes with it), as any reference-free result is.
+
+    ``angle_guess`` ((n,) or (n, m) degrees in the frame of ``initial_reference``, e.g. a network's angles):
+    the first pass searches only there (each guess also + 180°), every later pass only at the angle the pass
+    before found (the hill-climb moves it by up to ``climb_steps`` bank steps), instead of the global search.
+    ``clock`` / ``step_offset``: continue the progress of a caller's stage.
     """
     params = validate(params or ClassicalParams())
     source = _source(images)
@@ -682,16 +688,21 @@ def iter_align_reference_free(images, params: ClassicalParams | None = None, *, 
     rng = np.random.default_rng(params.seed)
     aligner = ClassicalAligner(np.zeros((box, box), np.float32), params, device=device)
     per_pass = _n_batches(n, params.batch_size)
-    total = per_pass * (params.iterations + 1)
-    clock = StageClock("align", total)
+    total = step_offset + per_pass * (params.iterations + 1)
+    if clock is None:
+        clock = StageClock("align", total)
+    clock.total = total
+    guess = None if angle_guess is None else np.asarray(angle_guess, dtype=np.float64)
+    if guess is not None and len(guess) != n:
+        raise ValueError(f"angle_guess has {len(guess)} rows for {n} particles")
     if initial_reference is None:
         reference = _bootstrap_reference(source, aligner, params, rng, ctf)
     else:
         reference = np.asarray(initial_reference, dtype=np.float32)
-    yield clock.event(0, total=total, stage_info="bootstrap")
+    yield clock.event(step_offset, total=total, stage_info="bootstrap")
     previous = None
     history = []
-    step = 0
+    step = step_offset
     split = params.split_halves and n >= 4
     odd_aligner = ClassicalAligner(np.zeros((box, box), np.float32), params, device=device) if split else None
     ref_even = ref_odd = None  # the averages of the even and of the odd particles (split_halves)
@@ -710,12 +721,14 @@ def iter_align_reference_free(images, params: ClassicalParams | None = None, *, 
     for it in range(params.iterations):
         reference = set_references(reference)
         out = yield from iter_align_pass(aligner, source, clock=clock, ctf=ctf, step_offset=step, total=total,
-                                         odd_aligner=odd_aligner, halves=split)
+                                         odd_aligner=odd_aligner, halves=split, angle_guess=guess)
         if split:
             psi, origins, scores, ref_even, ref_odd = out
             average = 0.5 * (ref_even + ref_odd)
         else:
             psi, origins, scores, average = out
+        if guess is not None:
+            guess = psi[:, None]
         step += per_pass
         if previous is not None:
             from ..metrics.alignment import angular_error
@@ -735,10 +748,10 @@ def iter_align_reference_free(images, params: ClassicalParams | None = None, *, 
     out = aligned_out if aligned_out is not None else (np.empty((n, box, box), np.float32) if keep_aligned else None)
     psi, origins, scores, average = yield from iter_align_pass(aligner, source, clock=clock, ctf=ctf,
                                                                aligned_out=out, step_offset=step, total=total,
-                                                               odd_aligner=odd_aligner)
+                                                               odd_aligner=odd_aligner, angle_guess=guess)
     yield clock.event(total, total=total)
     info = {"method": "fft", "reference": "free", "iterations": len(history) + 1, "history": history,
-            "seconds": clock.elapsed}
+            "search": "global" if angle_guess is None else "local", "seconds": clock.elapsed}
     if params.structure_check and n >= STRUCTURE_MIN_PARTICLES:
         info["structure"] = yield from iter_structure_check(source, scores, params, device=device, ctf=ctf)
     return AlignmentResult(psi, origins, scores, symmetrize(average, params.symmetry), reference,

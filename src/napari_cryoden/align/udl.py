@@ -49,6 +49,7 @@ from .cross_correlation import (
     _source,
     _to_tensor,
     iter_align_pass,
+    iter_align_reference_free,
     phase_flip,
     soft_disc,
     symmetrize,
@@ -545,7 +546,10 @@ def iter_align_with_model(images, model: ModelFile, reference=None, params: Clas
       that + 180°, then the classical hill-climb, sub-degree angle and sub-pixel shift;
     - ``"fft"``: the global classical search (the network's angle is reported in ``info`` only).
 
-    Without ``reference``: JUDL uses the reference it was trained with; otherwise a bootstrap average.
+    Without ``reference``: JUDL uses the reference it was trained with; otherwise a bootstrap average. Then
+    ``"local"`` is reference-free: the first pass searches near the network's angles against that average,
+    later passes refine the average as :func:`iter_align_reference_free` does (split halves, FRC weighting,
+    until the angles settle), each searching only near the angle the pass before found.
     """
     params = validate(params or ClassicalParams())
     if refine not in REFINE_CHOICES:
@@ -556,6 +560,7 @@ def iter_align_with_model(images, model: ModelFile, reference=None, params: Clas
     check_model(model, box=box)
     net = build_network(model, device=device)
     aligner = ClassicalAligner(np.zeros((box, box), np.float32), params, device=device)
+    free = reference is None
     if reference is None and "reference" in model.extra:
         reference = np.asarray(model.extra["reference"], dtype=np.float32)
     if reference is None:
@@ -574,10 +579,18 @@ def iter_align_with_model(images, model: ModelFile, reference=None, params: Clas
         yield clock.event(b + 1, stage_info="network")
     t_net = time.perf_counter() - t0
     out = aligned_out if aligned_out is not None else (np.empty((n, box, box), np.float32) if keep_aligned else None)
+    extra = {}
     if refine == "none":
         psi, origins = guess.copy(), np.zeros((n, 2))
         scores, average = yield from _iter_network_only(source, reference, psi, clock=clock, ctf=ctf,
                                                         aligned_out=out, step_offset=n_batches, device=device)
+    elif refine == "local" and free:
+        res = yield from iter_align_reference_free(
+            source, params, device=device, ctf=ctf, initial_reference=reference,
+            angle_guess=_local_guesses(guess, window, params), keep_aligned=out is not None,
+            aligned_out=out, clock=clock, step_offset=n_batches)
+        psi, origins, scores, average, reference = res.angles, res.origins, res.scores, res.average, res.reference
+        extra = {k: res.info[k] for k in ("iterations", "history", "structure") if k in res.info}
     else:
         psi, origins, scores, average = yield from iter_align_pass(
             aligner, source, clock=clock, ctf=ctf, aligned_out=out, step_offset=n_batches, total=clock.total,
@@ -585,8 +598,9 @@ def iter_align_with_model(images, model: ModelFile, reference=None, params: Clas
     return AlignmentResult(psi, origins, scores, symmetrize(average, params.symmetry), reference,
                            out if aligned_out is None else None,
                            {"method": model.kind.split("/")[-1], "refine": refine, "network_angles": guess,
-                            "network_crop": how["crop"] or box,
-                            "network_rotations": how["rotations"], "network_seconds": t_net, "seconds": clock.elapsed})
+                            "reference": "free" if free else "given", "network_crop": how["crop"] or box,
+                            "network_rotations": how["rotations"], "network_seconds": t_net, **extra,
+                            "seconds": clock.elapsed})
 
 
 def network_angle_error(guess: np.ndarray, truth: np.ndarray) -> np.ndarray:

@@ -153,6 +153,11 @@ def _align_one(args) -> int:
     if result.info.get("network_crop", box) < box:  # a shipped model read a window around the particle
         print(f"the network read the central {result.info['network_crop']}² of the {box}² box (a window around "
               "the particle, as the shipped models were trained)")
+    if result.info.get("reference") == "free" and "iterations" in result.info:
+        history = result.info.get("history") or []
+        where = "near the network's angles" if "network_angles" in result.info else "global search"
+        print(f"reference-free: {result.info['iterations']} passes ({where})"
+              + (f", last median change {history[-1]['median_angle_change']:.3f}°" if history else ""))
     print(f"mean score {float(np.mean(result.scores)):.4f}; {result.info.get('seconds', 0):.1f} s")
     return 0
 
