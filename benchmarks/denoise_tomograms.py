@@ -133,6 +133,8 @@ def pretrained(noisy, seed: int, fine_tune: float = 0.0, **_):
     train = [e for e in events if e.stage == "train"]
     predict = [e for e in events if e.stage == "predict"]
     info = {"steps": train[-1].step} if train else {}
+    if train:  # which self-supervised loss fine-tuned it (the noise kind decides: docs/methods.md)
+        info["fine-tuned by"] = "r2r" if "Recorrupted" in events[0].info.get("noise", "") else "self2self"
     if predict:
         info["predict s"] = predict[-1].elapsed
     return out, info
