@@ -68,7 +68,7 @@ def test_align_star_reference_free_and_global_rotation_is_removed(data, capsys, 
     rc, stdout, err = run(capsys, "-q", "align", folder / "truth.star", "-o", out, "--max-shift", 6, "--device",
                           "cpu")
     assert rc == 0, err
-    assert "reference-free: " in stdout and "passes (global search)" in stdout
+    assert "reference-free: " in stdout and "passes (global search" in stdout
     rc, stdout, err = run(capsys, "evaluate", "alignment", "--truth", folder / "truth.star", "--estimate", out,
                           "--json")
     rows = json.loads(stdout)

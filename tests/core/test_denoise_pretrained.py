@@ -128,7 +128,10 @@ def test_a_time_budget_fine_tunes_the_model_by_the_loss_that_suits_the_noise():
     tuned, events = _denoise(noisy, time_budget=8.0)
     assert "train" in {e.stage for e in events} and "Recorrupted-to-Recorrupted" in events[0].info["noise"]
     assert not np.array_equal(plain, tuned)
-    assert metrics.psnr(clean, tuned, fit=True) > _best_gaussian(clean, noisy) + 0.3
+    # Measured (AMD EPYC, 2026-12-07): shipped 26.34 dB, after 8 s 26.43, best Gaussian 25.68. Self2Self's loss
+    # lost 1.4-2.3 dB here on the tuning set; a few seconds of R2R must not lose anything like that.
+    ours = metrics.psnr(clean, tuned, fit=True)
+    assert ours > _best_gaussian(clean, noisy) + 0.3 and ours > metrics.psnr(clean, plain, fit=True) - 0.1
     alone, events = _denoise(noisy, time_budget=8.0, correlated="predict")
     assert "train" not in {e.stage for e in events} and "not fine-tuned" in events[0].info["noise"]
     assert np.array_equal(alone, plain)

@@ -8,7 +8,14 @@ import pytest
 import torch
 
 from napari_cryoden.denoise.noise import estimate_noise_correlation
-from napari_cryoden.denoise.recorrupted import Recorrupted, RecorruptedParams, recorruption_noise
+from napari_cryoden.denoise.normalize import fit_normalization
+from napari_cryoden.denoise.recorrupted import (
+    Recorrupted,
+    RecorruptedParams,
+    normalised_noise_std,
+    recorruption_noise,
+)
+from napari_cryoden.simulate import add_noise, simulate_tomogram
 
 
 def _close(measured, true):
@@ -52,3 +59,25 @@ def _cross(a: torch.Tensor, b: torch.Tensor) -> list[float]:
         n = a.shape[axis]
         out.append(corr(a.narrow(axis, 0, n - 1), b.narrow(axis, 1, n - 1)))
     return out
+
+
+@pytest.mark.parametrize("lengths", [0.0, (1.5, 0.5, 0.6)])
+def test_the_noise_level_is_measured_in_the_networks_units(lengths):
+    """A phantom plus noise of known standard deviation: the level R2R draws at, in the units of the data's
+    normalisation, is the true noise's std in those units (within 10 %)."""
+    ph = simulate_tomogram(shape=(32, 96, 96), voxel_size=10.0, n_vesicles=3, n_filaments=3, n_particles=0,
+                           snr=1.0, seed=5)
+    if lengths == 0.0:
+        noisy = add_noise(ph.clean, 0.15, rng=2)
+    else:
+        noisy = add_noise(ph.clean, 0.15, rng=2, colour="coloured", correlation_length=lengths)
+    true = float((noisy - ph.clean).std())
+    norm = fit_normalization(noisy)
+    measured = normalised_noise_std(noisy, estimate_noise_correlation(noisy), norm)
+    assert abs(measured - true / norm.std) < 0.1 * true / norm.std, (measured, true / norm.std)
+
+
+def test_turns_are_kept_only_where_the_drawn_noise_is_alike_in_y_and_x():
+    method = Recorrupted()
+    assert method.allows_turns(RecorruptedParams(noise_lengths="1.5,0.7,0.7", noise_std=1.0))
+    assert not method.allows_turns(RecorruptedParams(noise_lengths="1.5,0.5,0.6", noise_std=1.0))

@@ -679,7 +679,8 @@ def iter_align_reference_free(images, params: ClassicalParams | None = None, *, 
 
     ``angle_guess`` ((n,) or (n, m) degrees in the frame of ``initial_reference``, e.g. a network's angles):
     the first pass searches only there (each guess also + 180°), every later pass only at the angle the pass
-    before found (the hill-climb moves it by up to ``climb_steps`` bank steps), instead of the global search.
+    before found (and + 180°; the hill-climb moves it by up to ``climb_steps`` bank steps), instead of the
+    global search.
     ``clock`` / ``step_offset``: continue the progress of a caller's stage.
     """
     params = validate(params or ClassicalParams())
@@ -699,7 +700,7 @@ def iter_align_reference_free(images, params: ClassicalParams | None = None, *, 
         reference = _bootstrap_reference(source, aligner, params, rng, ctf)
     else:
         reference = np.asarray(initial_reference, dtype=np.float32)
-    yield clock.event(step_offset, total=total, stage_info="bootstrap")
+    yield clock.event(step_offset, total=total, stage_info="bootstrap" if initial_reference is None else "start")
     previous = None
     history = []
     step = step_offset

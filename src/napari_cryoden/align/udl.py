@@ -549,7 +549,8 @@ def iter_align_with_model(images, model: ModelFile, reference=None, params: Clas
     Without ``reference``: JUDL uses the reference it was trained with; otherwise a bootstrap average. Then
     ``"local"`` is reference-free: the first pass searches near the network's angles against that average,
     later passes refine the average as :func:`iter_align_reference_free` does (split halves, FRC weighting,
-    until the angles settle), each searching only near the angle the pass before found.
+    until the angles settle), each searching only at the angle the pass before found (and its 180° flip),
+    with the hill-climb. The average returned is the reference-free one (symmetrised once).
     """
     params = validate(params or ClassicalParams())
     if refine not in REFINE_CHOICES:
@@ -568,7 +569,13 @@ def iter_align_with_model(images, model: ModelFile, reference=None, params: Clas
     reference = np.asarray(reference, dtype=np.float32)
     aligner.set_reference(reference)
     n_batches = _n_batches(n, params.batch_size)
-    clock = StageClock("align", n_batches + (n_batches if refine != "none" else _n_batches(n, 512)))
+    if refine == "none":
+        after = _n_batches(n, 512)
+    elif refine == "local" and free:  # as many passes as iter_align_reference_free may run
+        after = n_batches * (params.iterations + 1)
+    else:
+        after = n_batches
+    clock = StageClock("align", n_batches + after)
     guess = np.zeros(n)
     how = inference_settings(model, reference, box, max_shift=params.max_shift, refine=refine)
     t0 = time.perf_counter()
@@ -579,7 +586,6 @@ def iter_align_with_model(images, model: ModelFile, reference=None, params: Clas
         yield clock.event(b + 1, stage_info="network")
     t_net = time.perf_counter() - t0
     out = aligned_out if aligned_out is not None else (np.empty((n, box, box), np.float32) if keep_aligned else None)
-    extra = {}
     if refine == "none":
         psi, origins = guess.copy(), np.zeros((n, 2))
         scores, average = yield from _iter_network_only(source, reference, psi, clock=clock, ctf=ctf,
@@ -591,6 +597,11 @@ def iter_align_with_model(images, model: ModelFile, reference=None, params: Clas
             aligned_out=out, clock=clock, step_offset=n_batches)
         psi, origins, scores, average, reference = res.angles, res.origins, res.scores, res.average, res.reference
         extra = {k: res.info[k] for k in ("iterations", "history", "structure") if k in res.info}
+        return AlignmentResult(psi, origins, scores, average, reference, out if aligned_out is None else None,
+                               {"method": model.kind.split("/")[-1], "refine": refine, "network_angles": guess,
+                                "reference": "free", "network_crop": how["crop"] or box,
+                                "network_rotations": how["rotations"], "network_seconds": t_net, **extra,
+                                "seconds": clock.elapsed})
     else:
         psi, origins, scores, average = yield from iter_align_pass(
             aligner, source, clock=clock, ctf=ctf, aligned_out=out, step_offset=n_batches, total=clock.total,
@@ -599,7 +610,7 @@ def iter_align_with_model(images, model: ModelFile, reference=None, params: Clas
                            out if aligned_out is None else None,
                            {"method": model.kind.split("/")[-1], "refine": refine, "network_angles": guess,
                             "reference": "free" if free else "given", "network_crop": how["crop"] or box,
-                            "network_rotations": how["rotations"], "network_seconds": t_net, **extra,
+                            "network_rotations": how["rotations"], "network_seconds": t_net,
                             "seconds": clock.elapsed})
 
 

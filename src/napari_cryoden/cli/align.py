@@ -156,7 +156,8 @@ def _align_one(args) -> int:
     if result.info.get("reference") == "free" and "iterations" in result.info:
         history = result.info.get("history") or []
         where = "near the network's angles" if "network_angles" in result.info else "global search"
-        print(f"reference-free: {result.info['iterations']} passes ({where})"
+        print(f"reference-free: {result.info['iterations'] + 1} passes ({where}; the last against the settled "
+              "average)"
               + (f", last median change {history[-1]['median_angle_change']:.3f}°" if history else ""))
     print(f"mean score {float(np.mean(result.scores)):.4f}; {result.info.get('seconds', 0):.1f} s")
     return 0

@@ -121,9 +121,9 @@ class PatchSampler:
     """Random (jittered, augmented) training patches read from the (memory-mapped) data."""
 
     def __init__(self, sources: Sequence[np.ndarray], norm: Normalization, *, patch: tuple[int, int, int],
-                 dims: int, margin: int, augment: bool, rng: np.random.Generator):
+                 dims: int, margin: int, augment: bool, rng: np.random.Generator, turns: bool = True):
         self.sources, self.norm, self.patch, self.dims = list(sources), norm, patch, dims
-        self.margin, self.augment, self.rng = margin, augment, rng
+        self.margin, self.augment, self.rng, self.turns = margin, augment, rng, turns
         self.shape = sources[0].shape
 
     def _crop(self, source, z, y, x, size):
@@ -154,7 +154,7 @@ class PatchSampler:
             if self.rng.random() < 0.5:
                 c = np.flip(c, axis=axis)
         k = int(self.rng.integers(0, 4))
-        if k and c.shape[-1] == c.shape[-2]:
+        if k and self.turns and c.shape[-1] == c.shape[-2]:
             c = np.rot90(c, k, axes=(c.ndim - 2, c.ndim - 1))
         return np.ascontiguousarray(c)
 
@@ -387,6 +387,10 @@ class SelfSupervisedMethod(DenoiseMethod):
         """
         raise NotImplementedError
 
+    def allows_turns(self, params: EngineParams) -> bool:
+        """Whether training patches may be turned by 90° in the yx plane (augmentation; flips always may)."""
+        return True
+
     def use_dropout(self, params: EngineParams, n_predictions: int) -> bool:
         """Whether prediction samples the decoder's dropout (averaged over ``n_predictions`` passes)."""
         return params.dropout > 0
@@ -530,7 +534,7 @@ class SelfSupervisedMethod(DenoiseMethod):
         patch = _patch_shape(vol.shape, dims, params.patch_size, net_config.multiple)
         patch_spatial = patch[1:] if dims == 2 else patch
         sampler = PatchSampler(sources, norm, patch=patch, dims=dims, margin=self.crop_margin,
-                               augment=params.augment, rng=rng)
+                               augment=params.augment, rng=rng, turns=self.allows_turns(params))
         steps_per_epoch = max(10, math.ceil(int(np.prod(vol.shape)) / (params.batch_size * int(np.prod(patch)))))
         total_steps = steps_per_epoch * params.epochs
         budget = params.time_budget if params.time_budget > 0 else None

@@ -80,6 +80,9 @@ class NoiseCorrelation:
         whose high-passed part is mostly signal: only correlation in excess of the least correlated axis).
     axes
         The axes that were measured ((0, 1, 2) for a volume, (1, 2) for a stack or an image).
+    noise_variance
+        The noise variance in the data's units, on the measured crop (for halves: of one half); None in a
+        measurement saved before it was recorded.
     """
 
     lengths: tuple[float, float, float]
@@ -88,6 +91,7 @@ class NoiseCorrelation:
     noise_fraction: float
     source: str
     axes: tuple[int, ...] = (0, 1, 2)
+    noise_variance: float | None = None
 
     @property
     def block(self) -> tuple[int, int, int]:
@@ -302,6 +306,7 @@ def estimate_noise_correlation(data, *, dims: int = 3, half2=None, threshold: fl
         model = _Model(axes, None, max_lag)
         rho = _lag_correlations(v, axes, max_lag)
         fraction, source = 1.0, "halves"
+        variance = float(v.var()) / 2.0  # the difference of two halves holds the noise of both
     else:
         model = _Model(axes, HIGHPASS_SIGMA, max_lag)
         sigma = [HIGHPASS_SIGMA if a in axes else 0.0 for a in range(3)]
@@ -313,7 +318,8 @@ def estimate_noise_correlation(data, *, dims: int = 3, half2=None, threshold: fl
         source = "high-pass"
     lengths = _fit(rho, model, axes)
     if half2 is None:
-        fraction = float(high.var() / model.passed_fraction(lengths) / v.var())
+        variance = float(high.var() / model.passed_fraction(lengths))  # the full noise model's (first fit)
+        fraction = variance / float(v.var())
         if fraction < NOISE_DOMINATED:
             # Mostly signal: keep only what one axis has in excess of the least correlated one.
             excess = rho - rho[list(axes)].min(axis=0)
@@ -323,7 +329,8 @@ def estimate_noise_correlation(data, *, dims: int = 3, half2=None, threshold: fl
     result = NoiseCorrelation(lengths=tuple(lengths), reach=_reach(noise_rho, threshold),
                               neighbour=tuple(round(float(noise_rho[a, 0]) if a in axes else 0.0, 3)
                                               for a in range(3)),
-                              noise_fraction=round(min(fraction, 1.0), 3), source=source, axes=axes)
+                              noise_fraction=round(min(fraction, 1.0), 3), source=source, axes=axes,
+                              noise_variance=variance)
     log.info("%s", result.describe())
     return result
 

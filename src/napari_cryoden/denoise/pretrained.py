@@ -82,15 +82,17 @@ _SHARED_ENGINE_FIELDS = ("patch_size", "batch_size", "lr_schedule", "base_channe
 class PretrainedParams:
     """The shipped models' settings: how long to fine-tune on the input, and how to tile the prediction."""
 
-    time_budget: float = param(0.0, "seconds of self-supervised fine-tuning (Self2Self's loss) on the input before "
-                                    "predicting; 0: the shipped model as it is, in one pass", min=0, unit="s",
-                               basic=True)
-    learning_rate: float = param(3e-4, "Adam learning rate (pretrained: of the fine-tuning)", min=1e-7, max=1.0)
+    time_budget: float = param(0.0, "seconds of self-supervised fine-tuning on the input before predicting "
+                                    "(Self2Self's loss on white noise; on correlated noise as --correlated says); "
+                                    "0: the shipped model as it is, in one pass", min=0, unit="s", basic=True)
+    learning_rate: float = param(3e-4, "Adam learning rate (pretrained: of the fine-tuning by Self2Self's loss; "
+                                       "by R2R: --r2r-learning-rate)", min=1e-7, max=1.0)
     prediction: str = param("student", "how to predict: student (one pass of a network distilled from the averaged "
                                        "masked passes after training; pretrained: after fine-tuning, in a fifth "
                                        "of the budget), masked (self2self: average n_predictions masked passes), "
                                        "or unmasked (one pass of the trained network on the whole input); "
-                                       "pretrained without fine-tuning predicts in one pass",
+                                       "pretrained without fine-tuning, or fine-tuned by R2R, predicts in one "
+                                       "pass",
                             choices=("student", "unmasked"))
     correlated: str = param("r2r", "when the noise measured on the input is correlated (a Self2Self mask block "
                                    "above 1 voxel) and there is a time budget: fine-tune by Recorrupted-to-Recorrupted "

@@ -77,11 +77,14 @@ def _mean_power(spatial, lengths, device) -> float:
 
 
 def normalised_noise_std(vol, noise: NoiseCorrelation, norm) -> float:
-    """The noise standard deviation of ``vol`` in the units of its normalisation ``norm``: the measured noise
-    share of the data's variance (``noise.noise_fraction``) times that variance, over ``norm.std`` squared."""
-    values = subsample(vol)
-    variance = float(np.var(values[np.isfinite(values)]))
-    return float(math.sqrt(max(noise.noise_fraction, 0.0) * variance) / norm.std)
+    """The noise standard deviation of ``vol`` in the units of its normalisation ``norm`` (which divides by
+    ``norm.std``): the measured noise variance (``noise.noise_variance``, on the measured crop); for a
+    measurement without it, the measured noise share of the variance times the whole data's variance."""
+    variance = noise.noise_variance
+    if variance is None:
+        values = subsample(vol)
+        variance = max(noise.noise_fraction, 0.0) * float(np.var(values[np.isfinite(values)]))
+    return float(math.sqrt(max(float(variance), 0.0)) / norm.std)
 
 
 def _resolved(params: RecorruptedParams) -> bool:
@@ -144,6 +147,11 @@ class Recorrupted(SelfSupervisedMethod):
         log.info("r2r noise model: lengths %s voxels, std %.3f (normalised units)", params.noise_lengths,
                  params.noise_std)
         return params
+
+    def allows_turns(self, params: RecorruptedParams) -> bool:
+        # A 90° turn swaps y and x of the data's noise, not of the drawn z: only when their lengths agree.
+        lengths = _lengths(params)
+        return abs(lengths[-1] - lengths[-2]) <= 0.05
 
     def make_pair(self, x, params: RecorruptedParams, *, patch_spatial, generator):
         x = centre_crop(x[:, :1], patch_spatial)
