@@ -118,14 +118,17 @@ class NoiseCorrelation:
         return {k: (list(v) if isinstance(v, tuple) else v) for k, v in d.items()}
 
 
-def per_axis(text, cast=float) -> tuple:
-    """A value per axis (z, y, x) from ``"3,1,1"``, or one for all three from ``"3"`` (mask blocks, whitening
-    lengths). ValueError when a part is not a number or there are not one or three parts."""
+def per_axis(text, cast=float, *, minimum=None) -> tuple:
+    """A value per axis (z, y, x) from ``"3,1,1"``, or one for all three from ``"3"`` (mask blocks, noise
+    lengths). ValueError when a part is not a number, there are not one or three parts, or a value is below
+    ``minimum``."""
     values = tuple(cast(v) for v in str(text).split(","))
     if len(values) == 1:
         values *= 3
     if len(values) != 3:
         raise ValueError(f"expected one value or three (z,y,x), got {text!r}")
+    if minimum is not None and min(values) < minimum:
+        raise ValueError(f"values must be ≥ {minimum}, got {text!r}")
     return values
 
 

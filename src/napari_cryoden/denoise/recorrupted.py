@@ -96,13 +96,10 @@ def _lengths(params: RecorruptedParams) -> tuple[float, float, float]:
     if text == "auto":  # only in a model not yet trained
         return (0.0, 0.0, 0.0)
     try:
-        values = per_axis(text, float)
-        valid = min(values) >= 0
+        return per_axis(text, float, minimum=0)
     except ValueError:
-        valid = False
-    if not valid:
-        raise ValueError(f"noise_lengths must be auto or one or three lengths z,y,x ≥ 0, got {params.noise_lengths!r}")
-    return values
+        raise ValueError(f"noise_lengths must be auto or one or three lengths z,y,x ≥ 0, "
+                         f"got {params.noise_lengths!r}") from None
 
 
 class Recorrupted(SelfSupervisedMethod):

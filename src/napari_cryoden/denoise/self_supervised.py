@@ -86,12 +86,10 @@ def parse_mask_block(text: str, dims: int) -> tuple[int, ...]:
     if str(text).strip().lower() == "auto":  # only a model not yet trained has "auto"; training resolves it
         return (1,) * dims
     try:
-        values = per_axis(text, int)
-        valid = min(values) >= 1
+        values = per_axis(text, int, minimum=1)
     except ValueError:
-        valid = False
-    if not valid:
-        raise ValueError(f"mask_block must be one or three positive integers (z,y,x) like '3,1,1', got {text!r}")
+        raise ValueError(f"mask_block must be one or three positive integers (z,y,x) like '3,1,1', "
+                         f"got {text!r}") from None
     return values[1:] if dims == 2 else values
 
 
@@ -365,12 +363,10 @@ def whitening_lengths(params: FourierN2NParams) -> tuple[float, float, float] | 
     if text in ("off", "auto", "", "none"):  # "auto" left only in a model not yet trained
         return None
     try:
-        values = per_axis(text, float)
-        valid = min(values) >= 0
+        values = per_axis(text, float, minimum=0)
     except ValueError:
-        valid = False
-    if not valid:
-        raise ValueError(f"whitening must be auto, off or one or three lengths z,y,x ≥ 0, got {params.whitening!r}")
+        raise ValueError(f"whitening must be auto, off or one or three lengths z,y,x ≥ 0, "
+                         f"got {params.whitening!r}") from None
     return values if max(values) > 0 else None
 
 
