@@ -27,18 +27,22 @@ memory and quality are measured.
 """
 
 
+def cpu_model() -> str:
+    """The CPU's model name (``/proc/cpuinfo``), else what ``platform`` knows."""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
 def machine() -> dict:
     import numpy
     import torch
 
-    cpu = platform.processor() or platform.machine()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
+    cpu = cpu_model()
     try:
         mem_gb = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30
     except (ValueError, OSError):
@@ -110,13 +114,13 @@ def read_runs(path: Path) -> list[dict]:
 
 
 def append_run(path: Path, row: dict) -> dict:
-    """Append ``row`` to a run log with when, load, code version and torch threads; returns the record."""
+    """Append ``row`` to a run log with when, load, code version, torch threads and CPU model; returns the record."""
     import time
 
     import torch
 
     row = {**row, "when": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()), "load": os.getloadavg()[0],
-           "commit": code_version(), "torch threads": torch.get_num_threads()}
+           "commit": code_version(), "torch threads": torch.get_num_threads(), "cpu": cpu_model()}
     path.parent.mkdir(parents=True, exist_ok=True)
     with path.open("a") as fh:
         fh.write(json.dumps(row) + "\n")

@@ -219,7 +219,9 @@ def tables(done: dict, train_seconds: float) -> tuple[str, list]:
         head = (f"**Held-out: {name}, {box}², SNR {snr}, CTF {ctf}** ({runs[0]['particles']} particles, seeds "
                 f"{', '.join(map(str, seeds))}; UDL/JUDL trained {train_seconds:.0f} s on the stack; own angles "
                 f"modulo {360 / (2 * sym // math.gcd(2, sym)):.4g}°, full results modulo {360 / sym:.4g}°"
-                + (f"; Cramér-Rao {crb['CRLB deg']:.2f}° / {crb['CRLB px']:.2f} px" if ctf == "none" else "") + ")")
+                + (f"; Cramér-Rao {crb['CRLB deg']:.2f}° / {crb['CRLB px']:.2f} px" if ctf == "none" else "")
+                + f"; run {', '.join(sorted({str(r.get('when', '?'))[:10] for r in runs}))} on "
+                + f"{' and '.join(sorted({r.get('cpu', 'a CPU not recorded') for r in runs}))})")
         texts.append(head + "\n\n" + markdown_table(rows))
         rows_out += [{"case": case, **r} for r in rows]
     return "\n\n".join(texts), rows_out
@@ -252,11 +254,15 @@ def main() -> None:
                          again=args.again or args.judl_only, judl_only=args.judl_only)
     text, rows = tables(done_runs(), args.train_seconds)
     info = machine()
+    where = ("Tables rebuilt from the recorded runs (`--report-only`, no case run) on "
+             f"{info['date']} at {info['commit'] or 'uncommitted'}." if args.report_only else machine_line(info))
     body = "\n\n".join([
-        "Written by `benchmarks/alignment.py` (its docstring has the recipe). " + machine_line(info)
+        "Written by `benchmarks/alignment.py` (its docstring has the recipe). " + where
         + " Runs are recorded in benchmarks/results/alignment_runs.jsonl as they end and reused, so the cases may "
-          "come from several invocations; each record has its date, commit and load.",
-        text or "(no case run yet)", f"Run time of this invocation {time.perf_counter() - t0:.0f} s."])
+          "come from several invocations and machines; each record has its date, commit and load, and since "
+          "2026-12-07 its CPU (each case's heading says when and where its runs were made).",
+        text or "(no case run yet)"]
+        + ([] if args.report_only else [f"Run time of this invocation {time.perf_counter() - t0:.0f} s."]))
     write_section("alignment", "Particle alignment on held-out maps (classical, UDL, JUDL, shipped models)", body,
                   {"machine": info, "rows": rows})
 
