@@ -14,9 +14,11 @@ import numpy as np
 import pytest
 import torch
 
+from napari_cryoden.align.cross_correlation import ClassicalParams
 from napari_cryoden.align.networks import ARCHITECTURE, AmplitudeAutoencoder, SiameseAngleRegressor
 from napari_cryoden.align.transforms import rotate_images
 from napari_cryoden.align.udl import (
+    EDGE_WARNING_SHARE,
     DeepAlignParams,
     build_network,
     check_model,
@@ -26,6 +28,7 @@ from napari_cryoden.align.udl import (
     iter_train,
     log_amplitudes,
     network_angle_error,
+    network_edge_share,
     predict_relative_angles,
     reconstruction_weight,
     training_losses,
@@ -173,6 +176,25 @@ def test_refine_local_finds_the_flip_and_the_shift(udl_model, held_out):
     assert np.median(np.abs(result.origins - held_out.origins)) < 0.3
     assert np.mean(angular_error(result.info["network_angles"], held_out.angles) > 90) > 0.25  # mod 180 only
     assert np.median(np.abs(held_out.origins)) > 0.5
+
+
+def test_refine_local_warns_when_the_networks_angles_are_unreliable(udl_model, held_out):
+    """A network far off puts its particles' best angles at the edge of the local window (measured share); a
+    trained one does not. The check is what tells a user that --refine local followed a failed network (the
+    untrained one here is 19-27° off, and local refinement cannot recover what lies outside its window)."""
+    ref = _reference()
+    good = run(iter_align_with_model(held_out.images, udl_model, ref, refine="local", window=10.0))
+    bad = run(iter_align_with_model(held_out.images, _untrained(udl_model), ref, refine="local", window=10.0))
+    assert good.info["network_edge_share"] < 0.2 and "warning" not in good.info, good.info["network_edge_share"]
+    assert bad.info["network_edge_share"] > EDGE_WARNING_SHARE and "unreliable" in bad.info["warning"]
+    # The check itself on known guesses: the true angles ± 3° against angles drawn at chance.
+    params = ClassicalParams()
+    truth = np.mod(held_out.angles, 180.0)
+    g = np.random.default_rng(5)
+    assert network_edge_share(held_out.angles, truth + g.normal(0, 3, truth.shape), 10.0, params) < 0.1
+    assert network_edge_share(held_out.angles, g.uniform(0, 180, truth.shape), 10.0, params) > 0.5
+    # C7: a period of 25.7° is too short for a ±10° window to say anything.
+    assert network_edge_share(held_out.angles, truth, 10.0, ClassicalParams(symmetry=7)) is None
 
 
 def test_refine_local_without_a_reference_refines_the_average_near_the_networks_angles(udl_model, held_out):

@@ -166,3 +166,21 @@ def test_deep_alignment_bad_inputs_exit_2_naming_the_file_and_write_nothing(data
     rc, _, err = run(capsys, "align", folder / "p.mrcs", "-o", out, "--refine", "none")
     assert rc == 2 and "--method udl or judl" in err
     assert not out.exists() and not (tmp_path / "a.mrcs").exists() and not (tmp_path / "m1.pt").exists()
+
+
+def test_refine_local_after_a_network_far_off_warns_on_stderr(data, capsys, tmp_path):
+    """An untrained network's angles are far off; --refine local then cannot be trusted, and the CLI says so
+    (the share of particles at the edge of the window: tests/core/test_align_deep.py measures it)."""
+    from napari_cryoden.align.udl import DeepAlignParams, iter_train
+    from napari_cryoden.models import save_model
+    from napari_cryoden.progress import run as run_events
+
+    folder, sim = data
+    untrained = run_events(iter_train(sim.images, None, DeepAlignParams(epochs=1, steps_per_epoch=1,
+                                                                         learning_rate=0.0, seed=0)))
+    save_model(tmp_path / "untrained.pt", untrained)
+    rc, stdout, err = run(capsys, "align", folder / "p.mrcs", "-o", tmp_path / "a.star", "--method", "udl",
+                          "--model", tmp_path / "untrained.pt", "--reference", folder / "ref.mrc", "--device", "cpu")
+    assert rc == 0, err
+    assert "refining the network's angles: local" in stdout
+    assert "p.mrcs" in err and "edge of the ±10° window" in err and "unreliable" in err

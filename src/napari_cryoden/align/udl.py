@@ -506,6 +506,33 @@ def _local_guesses(guess: np.ndarray, window: float, params: ClassicalParams) ->
     return guess[:, None] + np.linspace(-window, window, 2 * k + 1)[None, :]
 
 
+#: ``--refine local``: warn when more than this share of the particles found their best angle at or past the
+#: edge of the window around the network's angle (benchmark stacks, 2026-12-07: a network with errors of
+#: about 2.5° puts 2 % there, one at chance 50-85 %, one of ~8° median error 44 %).
+EDGE_WARNING_SHARE = 0.3
+
+
+def network_edge_share(psi, guess, window: float, params: ClassicalParams) -> float | None:
+    """Share of particles whose refined angle ``psi`` lies ``window`` − one bank step or more from the network's
+    angle ``guess`` (modulo 180° and the symmetry): where the local search had to go to its window's edge, or
+    climb past it. None when the period is too short for the window to mean anything (e.g. C7: 25.7°)."""
+    sym = max(int(params.symmetry), 1)
+    period = 360.0 / (2 * sym // math.gcd(2, sym))
+    if period < 4.0 * window:
+        return None
+    d = np.abs(np.mod(np.asarray(psi, dtype=np.float64) - np.asarray(guess, dtype=np.float64) + period / 2,
+                      period) - period / 2)
+    return float(np.mean(d >= window - params.angular_step))
+
+
+def edge_warning(share: float, window: float) -> str:
+    """The warning for a high :func:`network_edge_share` (the CLI prints it, the widget notifies it)."""
+    return (f"{100 * share:.0f} % of the particles found their best angle at or past the edge of the ±{window:g}° "
+            "window around the network's angle (a network at chance puts about half there, a good one a few "
+            "per cent): the network's angles look unreliable for this stack; compare with --refine fft (or "
+            "--method fft) on a subset, or train the network longer")
+
+
 def _iter_network_only(source, reference, psi, *, clock, ctf, aligned_out, step_offset, device):
     """Scores (normalised correlation at zero shift) and the average for the network's own angles."""
     n, box, bs = len(source), source.box, 512
@@ -597,6 +624,7 @@ def iter_align_with_model(images, model: ModelFile, reference=None, params: Clas
             aligned_out=out, clock=clock, step_offset=n_batches)
         psi, origins, scores, average, reference = res.angles, res.origins, res.scores, res.average, res.reference
         extra = {k: res.info[k] for k in ("iterations", "history", "structure") if k in res.info}
+        extra.update(_edge_check(psi, guess, window, params))
         return AlignmentResult(psi, origins, scores, average, reference, out if aligned_out is None else None,
                                {"method": model.kind.split("/")[-1], "refine": refine, "network_angles": guess,
                                 "reference": "free", "network_crop": how["crop"] or box,
@@ -606,12 +634,26 @@ def iter_align_with_model(images, model: ModelFile, reference=None, params: Clas
         psi, origins, scores, average = yield from iter_align_pass(
             aligner, source, clock=clock, ctf=ctf, aligned_out=out, step_offset=n_batches, total=clock.total,
             angle_guess=_local_guesses(guess, window, params) if refine == "local" else None)
+    check = _edge_check(psi, guess, window, params) if refine == "local" else {}
     return AlignmentResult(psi, origins, scores, symmetrize(average, params.symmetry), reference,
                            out if aligned_out is None else None,
-                           {"method": model.kind.split("/")[-1], "refine": refine, "network_angles": guess,
+                           {**check, "method": model.kind.split("/")[-1], "refine": refine, "network_angles": guess,
                             "reference": "free" if free else "given", "network_crop": how["crop"] or box,
                             "network_rotations": how["rotations"], "network_seconds": t_net,
                             "seconds": clock.elapsed})
+
+
+def _edge_check(psi, guess, window: float, params: ClassicalParams) -> dict:
+    """``info`` entries of the local refinement's check of the network (:func:`network_edge_share`), with a
+    logged warning (and ``info["warning"]``) when the share is above :data:`EDGE_WARNING_SHARE`."""
+    share = network_edge_share(psi, guess, window, params)
+    if share is None:
+        return {}
+    info = {"network_edge_share": share}
+    if share > EDGE_WARNING_SHARE:
+        info["warning"] = edge_warning(share, window)
+        log.warning(info["warning"])
+    return info
 
 
 def network_angle_error(guess: np.ndarray, truth: np.ndarray) -> np.ndarray:
@@ -621,5 +663,5 @@ def network_angle_error(guess: np.ndarray, truth: np.ndarray) -> np.ndarray:
 
 __all__ = ["REFINE_CHOICES", "SHIPPED_CTF_CAVEAT", "DeepAlignParams", "build_network", "check_model",
            "circular_distance_180", "inference_settings", "iter_align_with_model", "iter_train", "log_amplitudes",
-           "network_angle_error", "network_crop", "particle_radius", "predict_relative_angles",
+           "network_angle_error", "network_crop", "network_edge_share", "particle_radius", "predict_relative_angles",
            "reconstruction_weight", "relative_angle_predictor", "train", "training_losses"]

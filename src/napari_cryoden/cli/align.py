@@ -159,6 +159,8 @@ def _align_one(args) -> int:
         print(f"reference-free: {result.info['iterations'] + 1} passes ({where}; the last against the settled "
               "average)"
               + (f", last median change {history[-1]['median_angle_change']:.3f}°" if history else ""))
+    if result.info.get("warning"):
+        print(f"warning: {args.input}: {result.info['warning']}", file=sys.stderr)
     print(f"mean score {float(np.mean(result.scores)):.4f}; {result.info.get('seconds', 0):.1f} s")
     return 0
 

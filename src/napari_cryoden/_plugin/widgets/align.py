@@ -185,6 +185,8 @@ class AlignWidget(ScrollingDock):
         for tup in alignment_layers(result, name=layer.name, pixel_size=px, features=features, metadata=meta):
             add_layer(self.viewer, tup)
         self.export_button.enabled = True
+        if result.info.get("warning"):  # e.g. the network's angles look unreliable (--refine local's check)
+            notify_info(f"{layer.name}: {result.info['warning']}")
 
     # ------------------------------------------------------------------------------------- models
     def _save_model(self, *_):
