@@ -164,3 +164,26 @@ def test_align_with_the_shipped_pretrained_network(particle_viewer, qtbot, monke
     assert w.model_label.value.startswith("pretrained")  # still the shipped model, not "trained here"
     feats = viewer.layers["particles angles"].features
     assert "network_psi" in feats and np.isfinite(feats["psi"]).all() and len(feats) == 40
+
+
+def test_align_notifies_when_the_network_it_refined_looks_unreliable(particle_viewer, qtbot, monkeypatch, tmp_path):
+    """An untrained network's angles are far off: after refine local the widget says so (the edge check of
+    docs/align.md), as the CLI does on stderr; the result layers are still added."""
+    import napari_cryoden._plugin.widgets.align as align_widget
+    from napari_cryoden.align.udl import DeepAlignParams, iter_train
+    from napari_cryoden.models import save_model
+    from napari_cryoden.progress import run as run_events
+
+    viewer, sim = particle_viewer
+    untrained = run_events(iter_train(sim.images, None, DeepAlignParams(epochs=1, steps_per_epoch=1,
+                                                                         learning_rate=0.0, seed=0)))
+    path = save_model(tmp_path / "untrained.pt", untrained)
+    _, w = viewer.window.add_plugin_dock_widget(PLUGIN, "Align")
+    w.stack.value = viewer.layers["particles"]
+    w.load_model_from(str(path))
+    shown = []
+    monkeypatch.setattr(align_widget, "notify_info", shown.append)
+    w.run()
+    _wait(w, qtbot)
+    assert any("unreliable" in m and "particles" in m for m in shown), shown
+    assert "particles angles" in viewer.layers
