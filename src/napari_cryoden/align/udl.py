@@ -37,6 +37,7 @@ import torch
 from .. import distributed
 from ..checkpoint import Checkpointer, restore_rng, rng_state
 from ..errors import CryodenInputError
+from ..metrics.alignment import angular_error
 from ..models import ModelFile, to_cpu
 from ..params import param, validate
 from ..progress import ProgressEvent, StageClock
@@ -517,12 +518,10 @@ def network_edge_share(psi, guess, window: float, params: ClassicalParams) -> fl
     angle ``guess`` (modulo 180° and the symmetry): where the local search had to go to its window's edge, or
     climb past it. None when the period is too short for the window to mean anything (e.g. C7: 25.7°)."""
     sym = max(int(params.symmetry), 1)
-    period = 360.0 / (2 * sym // math.gcd(2, sym))
-    if period < 4.0 * window:
+    fold = 2 * sym // math.gcd(2, sym)  # the network's angle is known modulo 180° and the symmetry
+    if 360.0 / fold < 4.0 * window:
         return None
-    d = np.abs(np.mod(np.asarray(psi, dtype=np.float64) - np.asarray(guess, dtype=np.float64) + period / 2,
-                      period) - period / 2)
-    return float(np.mean(d >= window - params.angular_step))
+    return float(np.mean(angular_error(psi, guess, symmetry=fold) >= window - params.angular_step))
 
 
 def edge_warning(share: float, window: float) -> str:
