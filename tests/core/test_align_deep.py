@@ -29,8 +29,10 @@ from napari_cryoden.align.udl import (
     log_amplitudes,
     network_angle_error,
     network_edge_share,
+    noisy_reference_copies,
     predict_relative_angles,
     reconstruction_weight,
+    ring_power,
     training_losses,
 )
 from napari_cryoden.errors import CryodenInputError
@@ -237,6 +239,54 @@ def test_judl_trains_reference_free_with_the_reconstruction_term_from_the_first_
     assert np.asarray(model.extra["reference"]).shape == (BOX, BOX)  # the bootstrap it trained against
     result = run(iter_align_with_model(sim.images[:8], model, refine="none"))  # uses the stored reference
     assert result.angles.shape == (8,)
+
+
+def test_judl_training_beats_the_untrained_network_on_held_out_particles(sim, held_out):
+    """JUDL trained reference-free: its own angles of held-out particles against its bootstrap average (after the
+    one global rotation a reference-free result is free to have, modulo 180°) beat the untrained network's."""
+    model = run(iter_train(sim.images, None, PARAMS, joint=True))
+    reference = np.asarray(model.extra["reference"])
+
+    def own_error(m) -> float:
+        res = run(iter_align_with_model(held_out.images, m, reference, refine="none", keep_aligned=False))
+        _, psi = remove_global_rotation(res.info["network_angles"], held_out.angles, symmetry=2)
+        return float(np.median(angular_error(psi, held_out.angles, symmetry=2)))
+
+    trained, untrained = own_error(model), own_error(_untrained(model))
+    assert trained < 10.0 and trained < 0.4 * untrained, (trained, untrained)
+
+
+@pytest.mark.parametrize("blur", [0.0, 1.5])
+def test_judls_noisy_reference_copies_carry_the_particles_noise_power(blur):
+    """The reference member of JUDL's pairs is the reference plus the particles' noise: the copies' power per
+    Fourier ring matches the particles' (white noise, and noise blurred by a Gaussian of 1.5 px, whose power
+    falls by orders of magnitude towards Nyquist), and their mean is the reference."""
+    from scipy.ndimage import gaussian_filter
+
+    rng = np.random.default_rng(0)
+    ref = _reference() / _reference().std()  # SNR 0.1: the noise has 10 times the signal's variance
+    # Turned by quarter turns and moved by whole pixels: no interpolation changes the signal's power.
+    particles = np.stack([np.roll(np.rot90(ref, k), s, (0, 1)) for k, s in zip(rng.integers(0, 4, 300),
+                                                                              rng.integers(-3, 4, (300, 2)))])
+    noise = rng.normal(0.0, 1.0, particles.shape)
+    if blur:
+        noise = gaussian_filter(noise, (0, blur, blur), mode="wrap")
+    noise *= np.sqrt(10.0) / noise.std()
+    particles = (particles + noise).astype(np.float32)
+    copies = noisy_reference_copies(ref, ring_power(particles), 400, np.random.default_rng(1))
+    assert copies.shape == (400, BOX, BOX) and copies.dtype == np.float32
+    rings = np.arange(2, BOX // 2)
+    ratio = ring_power(copies)[rings] / ring_power(particles)[rings]
+    assert np.all(np.abs(ratio - 1) < 0.15), ratio
+    # The noise itself, on the rings where it is at least a tenth of the particles' power (past that the
+    # difference of two large powers decides it, and the noise hardly matters there).
+    noisy_rings = rings[ring_power(noise)[rings] > 0.1 * ring_power(particles)[rings]]
+    assert len(noisy_rings) >= (BOX // 2 - 2 if not blur else 6), noisy_rings
+    ratio = ring_power(copies - ref)[noisy_rings] / ring_power(noise)[noisy_rings]
+    assert np.all(np.abs(ratio - 1) < 0.15), ratio
+    assert np.corrcoef(copies.mean(0).ravel(), ref.ravel())[0, 1] > 0.95
+    if blur:  # coloured noise stays coloured
+        assert ring_power(copies)[BOX // 2 - 1] < 0.01 * ring_power(copies)[3]
 
 
 def test_an_old_model_file_is_refused_with_a_message(tmp_path):

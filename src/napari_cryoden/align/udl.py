@@ -47,6 +47,7 @@ from .cross_correlation import (
     _bootstrap_reference,
     _n_batches,
     _read_ctf,
+    _ring_index,
     _source,
     _to_tensor,
     iter_align_pass,
@@ -192,6 +193,61 @@ def _training_halves(source, params: DeepAlignParams, size: int, rng, device, cr
     return torch.cat(blocks)
 
 
+#: JUDL: noisy copies of the reference drawn once per training (the reference member of each pair is one of them).
+REFERENCE_COPIES = 256
+#: Particles whose mean power spectrum gives the noise added to those copies.
+NOISE_SAMPLE = 512
+
+
+def ring_power(images: np.ndarray) -> np.ndarray:
+    """Mean power ``|F x|²`` per Fourier ring (radius in whole Fourier pixels) of mean-free ``(n, N, N)`` images."""
+    x = np.asarray(images, dtype=np.float64)
+    x = x - x.mean((-2, -1), keepdims=True)
+    power = (np.abs(np.fft.rfft2(x)) ** 2).mean(0)
+    ring = _ring_index(x.shape[-1])
+    n_rings = x.shape[-1] // 2 + 1
+    keep = ring < n_rings
+    return np.bincount(ring[keep], power[keep], n_rings) / np.maximum(np.bincount(ring[keep], None, n_rings), 1)
+
+
+def noisy_reference_copies(reference: np.ndarray, particle_power: np.ndarray, copies: int, rng) -> np.ndarray:
+    """(copies, N, N) float32: ``reference`` plus noise with the particles' noise power per Fourier ring —
+    ``particle_power`` (:func:`ring_power` of the particles) minus the reference's, at least 0. A ring's power
+    does not change when a particle turns or moves, so what the particles have beyond the reference is their
+    noise; coloured noise stays coloured."""
+    box = reference.shape[-1]
+    noise_power = np.maximum(np.asarray(particle_power) - ring_power(reference[None]), 0.0)
+    ring = _ring_index(box)
+    inside = ring < len(noise_power)
+    amplitude = np.sqrt(noise_power[np.where(inside, ring, 0)] * inside) / box  # |F| of unit white noise is box
+    white = rng.standard_normal((copies, box, box))
+    noise = np.fft.irfft2(np.fft.rfft2(white) * amplitude, s=(box, box))
+    return (reference[None] + noise).astype(np.float32)
+
+
+def _noisy_reference_halves(reference: np.ndarray, source, rng, *, size: int, device, crop: int | None,
+                            spectrum_bin: int, copies: int = REFERENCE_COPIES, chunk: int = 64) -> torch.Tensor:
+    """(copies, 2, S, S): JUDL's reference member of a pair as the network sees a particle — noisy copies of the
+    reference (:func:`noisy_reference_copies`, the particles' power measured on up to :data:`NOISE_SAMPLE` of
+    them) split into checkerboard halves like the particles, so the half-pair term learns from them too. Against
+    one clean average (both halves the same map), JUDL at 64², SNR 0.05 learned nothing on two seeds of three
+    (docs/align.md). Read and made ``chunk`` images at a time (large boxes)."""
+    n = len(source)
+    rows = np.sort(rng.choice(n, size=min(n, NOISE_SAMPLE), replace=False))
+    power = 0.0
+    for start in range(0, len(rows), chunk):
+        block = np.concatenate([source.read(int(r), int(r) + 1) for r in rows[start:start + chunk]])
+        power = power + ring_power(block if crop is None else _centre_crop(block, crop)) * len(block)
+    power = power / len(rows)
+    maps = []
+    for start in range(0, copies, chunk):
+        noisy = noisy_reference_copies(reference, power, min(chunk, copies - start), rng)
+        h1, h2 = checkerboard_halves(_to_tensor(noisy, device))
+        maps.append(torch.cat([log_amplitudes(h1, size=size, device=device, spectrum_bin=spectrum_bin),
+                               log_amplitudes(h2, size=size, device=device, spectrum_bin=spectrum_bin)], dim=1))
+    return torch.cat(maps)
+
+
 def reconstruction_weight(params: DeepAlignParams, step: int) -> float:
     """JUDL's weight of the reconstruction term at training step ``step`` (0-based): the seed's ``20 × epoch``
     with epochs counted from 1 and continuous in the step, so it is on from the first step."""
@@ -203,7 +259,7 @@ def training_losses(net, ae, model_net: SiameseAngleRegressor, a: torch.Tensor, 
     """The losses of one training step.
 
     ``a``, ``b``: (bs, 2, S, S) the two pixel halves of the pair's first and second members (JUDL: ``a`` is
-    the reference, the same map in both halves); ``rot``: (4, bs) degrees. ``net`` may be a DDP wrapper of
+    a noisy copy of the reference, :func:`_noisy_reference_halves`); ``rot``: (4, bs) degrees. ``net`` may be a DDP wrapper of
     ``model_net`` (one forward per step); ``ae`` is JUDL's autoencoder or None. Returns the difference term
     ``angle``, the ``half`` pair term and ``reconstruction`` (zero without ``ae``).
     """
@@ -213,10 +269,10 @@ def training_losses(net, ae, model_net: SiameseAngleRegressor, a: torch.Tensor, 
     za1, za2, zb1, zb2 = net(torch.cat([a1, a2, b1, b2])).split(bs)
     p1, p2 = model_net.relative(za1, zb1), model_net.relative(za2, zb2)
     angle = circular_distance_180(p1 - p2, (rot[1] - rot[0]) - (rot[3] - rot[2])).mean()
-    # One particle's halves: b2 is b1 turned by rot3 - rot1, whatever the (independent) noise says.
-    half = circular_distance_180(model_net.relative(zb1, zb2), rot[3] - rot[1])
-    if not joint:
-        half = torch.cat([half, circular_distance_180(model_net.relative(za1, za2), rot[2] - rot[0])])
+    # One image's halves: b2 is b1 turned by rot3 - rot1 (a2 is a1 turned by rot2 - rot0), whatever the
+    # (independent) noise says.
+    half = torch.cat([circular_distance_180(model_net.relative(zb1, zb2), rot[3] - rot[1]),
+                      circular_distance_180(model_net.relative(za1, za2), rot[2] - rot[0])])
     out = {"angle": angle, "half": half.mean(), "reconstruction": torch.zeros((), device=a.device)}
     if ae is not None:
         # b1 ≈ the reference turned by rot0 + p1: turned back by that, every particle's amplitude should be in
@@ -303,9 +359,9 @@ def iter_train(images, reference=None, params: DeepAlignParams | None = None, *,
             aligner = ClassicalAligner(np.zeros((box, box), np.float32), ClassicalParams(), device=device)
             reference = _bootstrap_reference(source, aligner, ClassicalParams(), rng, ctf)
         ref = np.asarray(reference, dtype=np.float32)
-        ref_amp = log_amplitudes((ref if crop is None else np.ascontiguousarray(_centre_crop(ref, crop)))[None],
-                                 size=size, device=device, spectrum_bin=spectrum_bin)
-        ref_halves = ref_amp.expand(-1, 2, -1, -1)  # an average: low noise, the same map in both halves
+        ref_halves = _noisy_reference_halves(ref if crop is None else np.ascontiguousarray(_centre_crop(ref, crop)),
+                                             source, rng, size=size, device=device, crop=crop,
+                                             spectrum_bin=spectrum_bin)
     model_net, model_ae = net, ae
     net = distributed.wrap(net, ctx)
     ae = distributed.wrap(ae, ctx) if ae is not None else None
@@ -336,8 +392,8 @@ def iter_train(images, reference=None, params: DeepAlignParams | None = None, *,
         b = halves[torch.randint(len(halves), (bs,), generator=gen).to(device)]
         swap = (torch.rand(bs, generator=gen) < 0.5).to(device)  # which half goes to which prediction
         b = torch.where(swap[:, None, None, None], b.flip(1), b)
-        a = ref_halves.expand(bs, -1, -1, -1) if joint else halves[torch.randint(len(halves), (bs,),
-                                                                                  generator=gen).to(device)]
+        a = (ref_halves if joint else halves)[torch.randint(len(ref_halves if joint else halves), (bs,),
+                                                            generator=gen).to(device)]
         rot = (torch.rand((4, bs), generator=gen) * 360.0).to(device)
         losses = training_losses(net, ae, model_net, a, b, rot, joint=joint)
         weight = reconstruction_weight(params, step) if joint else 0.0
