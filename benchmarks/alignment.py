@@ -115,7 +115,8 @@ def record(row: dict) -> None:
 
 
 def run_case(name: str, box: int, snr: float, ctf_mode: str, seed: int, n: int, train_seconds: float,
-             done: dict, shipped_only: bool = False, again: bool = False, judl_only: bool = False) -> None:
+             done: dict, shipped_only: bool = False, again: bool = False, judl_only: bool = False,
+             classical_only: bool = False) -> None:
     key = (name, box, snr, ctf_mode, seed)
     if not shipped_only and not again and all(key + (m, train_seconds) in done for m in METHODS):
         return
@@ -163,6 +164,8 @@ def run_case(name: str, box: int, snr: float, ctf_mode: str, seed: int, n: int, 
     t = time.perf_counter()
     res = align_reference_free(sim.images, params, ctf=ctf, keep_aligned=False)
     put("fft (reference-free)", *full_errors(res, sim, sym, free=True), time.perf_counter() - t)
+    if classical_only:  # the classical rows again, e.g. on the CPU that ran a rerun of the networks' rows
+        return
     untrained = run(iter_train(sim.images, None, DeepAlignParams(epochs=1, steps_per_epoch=1, learning_rate=0.0,
                                                                  seed=seed)))
     t = time.perf_counter()
@@ -241,6 +244,8 @@ def main() -> None:
     ap.add_argument("--again", action="store_true",
                     help="run the cases again though recorded (after a change); the latest record per key wins")
     ap.add_argument("--judl-only", action="store_true", help="only the JUDL rows (after a change to its training)")
+    ap.add_argument("--classical-only", action="store_true",
+                    help="only the classical rows (so that their speed is measured on the CPU of a rerun)")
     ap.add_argument("--runs", type=Path, default=RUNS)
     args = ap.parse_args()
     RUNS = args.runs
@@ -251,7 +256,8 @@ def main() -> None:
         for case in grid:
             for seed in args.seeds:
                 run_case(*case, seed, args.n, args.train_seconds, done_runs(), shipped_only=args.shipped_only,
-                         again=args.again or args.judl_only, judl_only=args.judl_only)
+                         again=args.again or args.judl_only or args.classical_only, judl_only=args.judl_only,
+                         classical_only=args.classical_only)
     text, rows = tables(done_runs(), args.train_seconds)
     info = machine()
     where = ("Tables rebuilt from the recorded runs (`--report-only`, no case run) on "
