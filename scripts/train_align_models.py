@@ -149,7 +149,7 @@ def train(joint: bool, data, params: DeepAlignParams, *, seconds: float | None, 
             use_ref = torch.rand(bs, generator=gen) < reference_pairs
             a = torch.where(use_ref[:, None, None, None], refs[g], a)
         rot = torch.rand((4, bs), generator=gen) * 360.0
-        losses = training_losses(net, ae, net, a, b, rot, joint=joint)
+        losses = training_losses(net, ae, net, a, b, rot, half_pairs_of_a=not joint)  # as the shipped models
         weight = min(reconstruction_weight(params, step), 5 * params.reconstruction_weight) if joint else 0.0
         loss = losses["angle"] + params.half_pair_weight * losses["half"] + weight * losses["reconstruction"]
         optimiser.zero_grad(set_to_none=True)

@@ -221,7 +221,7 @@ def test_judl_reconstruction_term_has_gradient_in_step_one(sim):
     halves = torch.cat([log_amplitudes(h, size=16) for h in checkerboard_halves(torch.as_tensor(sim.images[:8]))], 1)
     ref = log_amplitudes(_reference()[None], size=16).expand(8, 2, -1, -1)
     rot = torch.rand((4, 8), generator=torch.Generator().manual_seed(0)) * 360
-    losses = training_losses(net, ae, net, ref, halves, rot, joint=True)
+    losses = training_losses(net, ae, net, ref, halves, rot)
     assert float(losses["reconstruction"].detach()) > 0
     losses["reconstruction"].backward()
     for module in (net.direct, net.head, net.mask[0], ae.encoder[0]):

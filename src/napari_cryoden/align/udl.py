@@ -255,13 +255,15 @@ def reconstruction_weight(params: DeepAlignParams, step: int) -> float:
 
 
 def training_losses(net, ae, model_net: SiameseAngleRegressor, a: torch.Tensor, b: torch.Tensor,
-                    rot: torch.Tensor, *, joint: bool) -> dict:
+                    rot: torch.Tensor, *, half_pairs_of_a: bool = True) -> dict:
     """The losses of one training step.
 
     ``a``, ``b``: (bs, 2, S, S) the two pixel halves of the pair's first and second members (JUDL: ``a`` is
-    a noisy copy of the reference, :func:`_noisy_reference_halves`); ``rot``: (4, bs) degrees. ``net`` may be a DDP wrapper of
-    ``model_net`` (one forward per step); ``ae`` is JUDL's autoencoder or None. Returns the difference term
-    ``angle``, the ``half`` pair term and ``reconstruction`` (zero without ``ae``).
+    a noisy copy of the reference, :func:`_noisy_reference_halves`); ``rot``: (4, bs) degrees. ``net`` may be a
+    DDP wrapper of ``model_net`` (one forward per step); ``ae`` is JUDL's autoencoder (its presence makes the
+    step JUDL's) or None. ``half_pairs_of_a``: the half-pair term covers ``a``'s halves too (their noise must be
+    independent; ``scripts/train_align_models.py`` trained the shipped JUDL with a clean ``a`` and without it).
+    Returns the difference term ``angle``, the ``half`` pair term and ``reconstruction`` (zero without ``ae``).
     """
     bs = a.shape[0]
     a1, a2, b1, b2 = (_rotate(a[:, 0:1], rot[0]), _rotate(a[:, 1:2], rot[2]), _rotate(b[:, 0:1], rot[1]),
@@ -271,8 +273,9 @@ def training_losses(net, ae, model_net: SiameseAngleRegressor, a: torch.Tensor, 
     angle = circular_distance_180(p1 - p2, (rot[1] - rot[0]) - (rot[3] - rot[2])).mean()
     # One image's halves: b2 is b1 turned by rot3 - rot1 (a2 is a1 turned by rot2 - rot0), whatever the
     # (independent) noise says.
-    half = torch.cat([circular_distance_180(model_net.relative(zb1, zb2), rot[3] - rot[1]),
-                      circular_distance_180(model_net.relative(za1, za2), rot[2] - rot[0])])
+    half = circular_distance_180(model_net.relative(zb1, zb2), rot[3] - rot[1])
+    if half_pairs_of_a:
+        half = torch.cat([half, circular_distance_180(model_net.relative(za1, za2), rot[2] - rot[0])])
     out = {"angle": angle, "half": half.mean(), "reconstruction": torch.zeros((), device=a.device)}
     if ae is not None:
         # b1 ≈ the reference turned by rot0 + p1: turned back by that, every particle's amplitude should be in
@@ -392,10 +395,10 @@ def iter_train(images, reference=None, params: DeepAlignParams | None = None, *,
         b = halves[torch.randint(len(halves), (bs,), generator=gen).to(device)]
         swap = (torch.rand(bs, generator=gen) < 0.5).to(device)  # which half goes to which prediction
         b = torch.where(swap[:, None, None, None], b.flip(1), b)
-        a = (ref_halves if joint else halves)[torch.randint(len(ref_halves if joint else halves), (bs,),
-                                                            generator=gen).to(device)]
+        pool = ref_halves if joint else halves  # JUDL: noisy reference copies; UDL: other particles
+        a = pool[torch.randint(len(pool), (bs,), generator=gen).to(device)]
         rot = (torch.rand((4, bs), generator=gen) * 360.0).to(device)
-        losses = training_losses(net, ae, model_net, a, b, rot, joint=joint)
+        losses = training_losses(net, ae, model_net, a, b, rot)
         weight = reconstruction_weight(params, step) if joint else 0.0
         loss = losses["angle"] + params.half_pair_weight * losses["half"] + weight * losses["reconstruction"]
         optimiser.zero_grad(set_to_none=True)
