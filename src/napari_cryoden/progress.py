@@ -10,6 +10,7 @@ inside an :class:`~napari_cryoden.io.mrc.AtomicOutput` block (which removes the 
 
 from __future__ import annotations
 
+import dataclasses
 import time
 from collections.abc import Callable, Generator
 from dataclasses import dataclass, field
@@ -98,6 +99,20 @@ def run(gen: Generator[ProgressEvent, None, T], on_event: Callable[[ProgressEven
             return stop.value
         if on_event is not None:
             on_event(event)
+
+
+def as_stage(gen: Generator[ProgressEvent, None, T], stage: str) -> Generator[ProgressEvent, None, T]:
+    """``gen``'s events under another stage name (a sub-job shown as a stage of its own); returns its result.
+    Closing this generator (a cancel) closes ``gen``."""
+    try:
+        while True:
+            try:
+                event = next(gen)
+            except StopIteration as stop:
+                return stop.value
+            yield dataclasses.replace(event, stage=stage)
+    finally:
+        gen.close()
 
 
 def format_seconds(seconds: float | None) -> str:

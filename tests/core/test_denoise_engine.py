@@ -321,8 +321,10 @@ def test_model_round_trip_and_continue_training(tmp_path, noisy_volume):
     model = run(iter_train(noisy, params, method="self2self", seed=0, voxel_size=(10.0, 10.0, 10.0)))
     path = save_model(tmp_path / "m.pt", model.to_model_file())
     loaded = TrainedDenoiser.load(path)
-    # The model stores the mask block measured from the data in place of "auto" (white noise: single voxels).
-    assert loaded.method == "self2self" and loaded.params == dataclasses.replace(params, mask_block="1,1,1")
+    # The model stores the mask block measured from the data in place of "auto" (white noise: single voxels),
+    # and no partner (white noise needs none).
+    assert loaded.method == "self2self"
+    assert loaded.params == dataclasses.replace(params, mask_block="1,1,1", partner="none")
     assert loaded.voxel_size == (10.0, 10.0, 10.0) and loaded.net_config.smooth_sigmas == (1.0, 2.0, 3.0)
     for k, v in model.net.state_dict().items():
         torch.testing.assert_close(v, loaded.net.state_dict()[k])

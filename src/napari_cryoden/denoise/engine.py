@@ -186,27 +186,33 @@ class TrainedDenoiser:
     #: A single-pass network distilled from ``net``'s averaged prediction (Self2Self), or None (models saved
     #: before, or trained without distillation): prediction then averages ``net``'s masked passes.
     student: UNet | None = None
+    #: A second single-pass network whose output is averaged with the student's (Self2Self on correlated noise:
+    #: a copy of the student trained further by Recorrupted-to-Recorrupted), or None.
+    partner: UNet | None = None
 
     def describe_noise(self) -> str | None:
         """The measured noise correlation in one line (with the mask block the model uses, for Self2Self),
         for the CLI, the widget and the logs; None when it was not measured (e.g. a model saved before)."""
         if not self.noise_correlation:
             return None
-        d = dict(self.noise_correlation)
-        d.pop("block", None)
-        noise = NoiseCorrelation(**{k: tuple(v) if isinstance(v, list) else v for k, v in d.items()})
+        noise = NoiseCorrelation.from_dict(self.noise_correlation)
         block = getattr(self.params, "mask_block", None)
         if block is None:
             return noise.describe(show_block=False)
         parsed = per_axis(block, int) if str(block).lower() != "auto" else None  # "3" is 3x3x3
-        return noise.describe(block=parsed)
+        line = noise.describe(block=parsed)
+        if self.partner is not None:
+            line += "; predicted as the mean of the student and its partner trained by Recorrupted-to-Recorrupted"
+        return line
 
     def to_model_file(self) -> ModelFile:
         extra = {"history": list(self.history), "optimizer": self.optimizer_state or {},
                  "voxel_size": list(self.voxel_size) if self.voxel_size else [],
                  "noise_correlation": dict(self.noise_correlation or {})}
-        if self.student is not None:
-            extra["student"] = {"net": self.student.config.to_dict(), "state_dict": to_cpu(self.student.state_dict())}
+        for name in ("student", "partner"):
+            net = getattr(self, name)
+            if net is not None:
+                extra[name] = {"net": net.config.to_dict(), "state_dict": to_cpu(net.state_dict())}
         return ModelFile(
             kind=f"denoise/{self.method}",
             config={"method": self.method, "params": as_dict(self.params), "net": self.net_config.to_dict()},
@@ -224,19 +230,20 @@ class TrainedDenoiser:
         net_config = UNetConfig(**model.config["net"])
         net = UNet(net_config)
         net.load_state_dict(model.state_dict)
-        student = None
-        saved_student = model.extra.get("student") or None  # absent from files saved before distillation
-        if saved_student:
-            student = UNet(UNetConfig(**saved_student["net"]))
-            student.load_state_dict(saved_student["state_dict"])
-            student.eval()
+        extra_nets = {}
+        for name in ("student", "partner"):  # absent from files saved before distillation (or the partner)
+            saved = model.extra.get(name) or None
+            if saved:
+                extra_nets[name] = UNet(UNetConfig(**saved["net"]))
+                extra_nets[name].load_state_dict(saved["state_dict"])
+                extra_nets[name].eval()
         return cls(method=method, params=params, net_config=net_config, net=net,
                    normalization=Normalization.from_dict(model.normalization),
                    history=list(model.extra.get("history", [])),
                    optimizer_state=model.extra.get("optimizer") or None,
                    voxel_size=tuple(model.extra.get("voxel_size") or ()) or None,
                    noise_correlation=model.extra.get("noise_correlation") or None,
-                   student=student)
+                   student=extra_nets.get("student"), partner=extra_nets.get("partner"))
 
     @classmethod
     def load(cls, path) -> TrainedDenoiser:
@@ -415,6 +422,17 @@ class SelfSupervisedMethod(DenoiseMethod):
         """The share of a training time budget kept for :meth:`distill` after the main loop (0: none)."""
         return 0.0
 
+    def finish_share(self, params: EngineParams) -> float:
+        """The share of a training time budget kept for :meth:`finish` after the distillation (0: none)."""
+        return 0.0
+
+    def finish(self, model: TrainedDenoiser, data: np.ndarray, *, is_stack: bool, seed: int, device,
+               voxel_size, time_budget: float | None) -> Generator[ProgressEvent, None, TrainedDenoiser]:
+        """After training and distillation: a last stage on the trained ``model`` (the default: none).
+        ``time_budget``: the seconds left of the training budget (None: no budget)."""
+        return model
+        yield  # a generator that yields nothing
+
     def distill(self, net: UNet, sampler: PatchSampler, params: EngineParams, *, dev: torch.device,
                 generator: torch.Generator, time_budget: float | None,
                 is_main: bool) -> Generator[ProgressEvent, None, UNet | None]:
@@ -559,7 +577,10 @@ class SelfSupervisedMethod(DenoiseMethod):
         # A model trained before (continued here) is more than a smoothing after a few steps: no warning then.
         warned, first_done = model is not None, None
         # With a time budget, a share of it is kept for the distillation after the loop (Self2Self's student).
-        main_budget = budget * (1.0 - self.distill_share(params)) if budget is not None else None
+        # A further share is kept for the last stage after it (Self2Self's partner on correlated noise).
+        finish_share = self.finish_share(params)
+        main_budget = (budget * (1.0 - self.distill_share(params) - finish_share) if budget is not None
+                       else None)
         while True:
             # Under torchrun every process acts on the same elapsed time (the slowest process's): the learning
             # rate follows the time budget, and two clocks read a few ms apart would give two rates and two
@@ -604,16 +625,21 @@ class SelfSupervisedMethod(DenoiseMethod):
                                f"{describe_device(dev)}", "give more time")
         net = distributed.unwrap(net)
         net.eval()
-        left = None if budget is None else max(0.0, budget - clock.elapsed)
+        left = None if budget is None else max(0.0, budget * (1.0 - finish_share) - clock.elapsed)
         student = yield from self.distill(net, sampler, params, dev=dev, generator=generator, time_budget=left,
                                           is_main=ctx.is_main)
         net.eval()
-        return TrainedDenoiser(method=self.name, params=params, net_config=net_config, net=net.cpu(),
+        trained = TrainedDenoiser(method=self.name, params=params, net_config=net_config, net=net.cpu(),
                                normalization=norm, history=state.history,
                                optimizer_state=to_cpu(optimizer.state_dict()),
                                voxel_size=tuple(voxel_size) if voxel_size is not None else None,
                                noise_correlation=noise.to_dict() if noise is not None else None,
                                student=student.cpu() if student is not None else None)
+        if not finish_share:
+            return trained
+        left = None if budget is None else max(0.0, budget - clock.elapsed)
+        return (yield from self.finish(trained, data, is_stack=is_stack, seed=seed, device=device,
+                                       voxel_size=voxel_size, time_budget=left))
 
     def predict(self, model: TrainedDenoiser, data: np.ndarray, *, is_stack: bool = False,
                 half2: np.ndarray | None = None, out=None, seed: int = 0, device: str | torch.device = "auto",

@@ -165,5 +165,26 @@ class UNet(nn.Module):
         return out if base is None else out + base
 
 
+class MeanOfNetworks(nn.Module):
+    """Networks of one configuration acting as one: the mean of their outputs (a trained model's student and
+    its partner, predicted in one call)."""
+
+    def __init__(self, *nets: UNet):
+        super().__init__()
+        self.nets = nn.ModuleList(nets)
+        self.config = nets[0].config
+
+    def to_device(self, device) -> MeanOfNetworks:
+        for net in self.nets:
+            net.to_device(device)
+        return self
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out = self.nets[0](x)
+        for net in self.nets[1:]:
+            out = out + net(x)
+        return out / len(self.nets)
+
+
 def count_parameters(model: nn.Module) -> int:
     return sum(p.numel() for p in model.parameters())

@@ -112,6 +112,13 @@ class NoiseCorrelation:
         b = tuple(block) if block is not None else self.block
         return text + " → mask block " + "×".join(str(v) for v in b)
 
+    @classmethod
+    def from_dict(cls, saved: dict) -> NoiseCorrelation:
+        """The measurement :meth:`to_dict` stored (a model's ``noise_correlation``)."""
+        d = dict(saved)
+        d.pop("block", None)
+        return cls(**{k: tuple(v) if isinstance(v, list) else v for k, v in d.items()})
+
     def to_dict(self) -> dict:
         d = asdict(self)
         d["block"] = list(self.block)

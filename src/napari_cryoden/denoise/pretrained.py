@@ -20,7 +20,7 @@ constant or tiny input).
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass, fields, replace
+from dataclasses import dataclass, replace
 
 from ..errors import CryodenInputError, require_finite
 from ..params import param
@@ -66,16 +66,6 @@ def load_shipped(dims: int, path=None):
     except (KeyError, TypeError, ValueError, RuntimeError) as exc:
         raise CryodenInputError(where, f"cannot be read as a pretrained denoiser ({exc.__class__.__name__}: "
                                        f"{exc})") from exc
-
-
-#: α of the R2R fine-tuning (input y + αz, target y − z/α). Tuning set, 30 s at 10⁻⁴, seed 1 (2026-12-07, AMD
-#: EPYC): z-stretched 24.55 / 24.51 / 23.60 dB and isotropic 24.48 / 24.42 / 23.68 dB for α = 0.3 / 0.5 / 1.0,
-#: from the shipped model's 24.20 / 24.21 (oracle Gaussian 23.45 / 23.36).
-R2R_ALPHA = 0.3
-
-#: The shipped model's engine settings the R2R fine-tuning keeps (network, patches, normalisation, schedule).
-_SHARED_ENGINE_FIELDS = ("patch_size", "batch_size", "lr_schedule", "base_channels", "depth", "dropout",
-                         "low_percentile", "high_percentile", "smooth_sigmas", "augment")
 
 
 @dataclass(frozen=True)
@@ -167,16 +157,12 @@ class Pretrained(DenoiseMethod):
         log.info("pretrained %dD denoiser; %s", dims, line)
         yield ProgressEvent("measure", 1, 1, info={"noise": line, "message": line})
         if r2r:
-            from .recorrupted import Recorrupted, RecorruptedParams, normalised_noise_std
+            from .recorrupted import Recorrupted, continuation_params
 
-            shared = {f.name: getattr(model.params, f.name) for f in fields(RecorruptedParams)
-                      if f.name in _SHARED_ENGINE_FIELDS}
-            tuned = RecorruptedParams(**shared, time_budget=float(params.time_budget), epochs=1_000_000,
-                                      learning_rate=float(params.r2r_learning_rate), alpha=R2R_ALPHA,
-                                      prediction="direct",
-                                      noise_lengths=",".join(f"{v:.3g}" for v in noise.lengths),
-                                      noise_std=normalised_noise_std(vol, noise, model.normalization),
-                                      tile_size=int(params.tile_size), tile_overlap=int(params.tile_overlap))
+            tuned = continuation_params(model.params, vol, noise, model.normalization,
+                                        time_budget=float(params.time_budget),
+                                        learning_rate=float(params.r2r_learning_rate),
+                                        tile_size=int(params.tile_size), tile_overlap=int(params.tile_overlap))
             method = Recorrupted(mask_channel=True)  # the shipped network takes a mask channel: all ones
             model.method, model.params = method.name, tuned
             model = yield from method.train(data, tuned, is_stack=is_stack, model=model, seed=seed, device=device,
