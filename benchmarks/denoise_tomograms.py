@@ -20,7 +20,9 @@ noise correlation on correlated noise); Topaz-Denoise's two pretrained 3D U-Nets
 ``fourier-n2n`` at their defaults with ``--budget`` s (self2self) and ``--budget`` − 30 s (fourier-n2n, whose
 averaged prediction takes longer) of training, and ``pretrained`` without and with 30 s of fine-tuning; the
 ablation ``untrained`` is ``pretrained``'s own call with the weights freshly initialised (seeded), which says
-what the shipped training adds (the oracle Gaussian is the classical step it replaces).
+what the shipped training adds (the oracle Gaussian is the classical step it replaces); the ablation
+``self2self-no-partner`` is ``self2self`` with ``partner="none"`` (on correlated noise: its student alone, without
+the R2R-trained partner it is averaged with).
 *total* is the wall time of the whole call (measuring the noise, normalising, loading, training, predicting;
 N2V: its configuration, training and prediction); PSNR/SSIM after a least-squares affine fit to the reference.
 
@@ -67,12 +69,13 @@ SETS = {
                  "noise": {"white": 0.0, "z-stretched": (1.5, 0.5, 0.6), "isotropic": 0.8}},
     "real": {"map": None, "snr": 0.2, "noise": {"white": 0.0}},
 }
-METHODS = ("raw", "gaussian", "n2v", "topaz-10a", "topaz-20a", "self2self", "fourier-n2n", "pretrained",
-           "pretrained+30s", "untrained")
+METHODS = ("raw", "gaussian", "n2v", "topaz-10a", "topaz-20a", "self2self", "self2self-no-partner", "fourier-n2n",
+           "pretrained", "pretrained+30s", "untrained")
 LABELS = {"raw": "raw", "gaussian": "oracle Gaussian", "n2v": "careamics N2V", "topaz-10a": "Topaz 3D unet-3d-10a",
           "topaz-20a": "Topaz 3D unet-3d-20a", "self2self": "ours: self2self", "fourier-n2n": "ours: fourier-n2n",
           "pretrained": "ours: pretrained", "pretrained+30s": "ours: pretrained + 30 s",
-          "untrained": "ablation: pretrained's network untrained"}
+          "untrained": "ablation: pretrained's network untrained",
+          "self2self-no-partner": "ablation: self2self without its partner (the student alone)"}
 PEERS = ("n2v", "topaz-10a", "topaz-20a")
 
 
@@ -114,8 +117,8 @@ def oracle_gaussian(ref, noisy, **_):
     return best[2], {"sigma": best[1]}
 
 
-def ours(method: str, budget: float, noisy, seed: int, **_):
-    params = default_params(method, dims=3, time_budget=budget, epochs=100000)
+def ours(method: str, budget: float, noisy, seed: int, **overrides):
+    params = default_params(method, dims=3, time_budget=budget, epochs=100000, **overrides)
     t0 = time.perf_counter()
     model = run(iter_train(noisy, params, method=method, seed=seed))
     t1 = time.perf_counter()
@@ -123,6 +126,8 @@ def ours(method: str, budget: float, noisy, seed: int, **_):
     info = {"train s": t1 - t0, "predict s": time.perf_counter() - t1, "steps": len(model.history)}
     if model.method == "self2self":
         info["mask block"] = model.params.mask_block
+        if model.partner is not None:
+            info["partner"] = "r2r"
     return out, info
 
 
@@ -229,6 +234,7 @@ def method_call(name: str, budget: float):
         "topaz-10a": lambda ref, noisy, **kw: topaz_3d("unet-3d-10a", noisy),
         "topaz-20a": lambda ref, noisy, **kw: topaz_3d("unet-3d-20a", noisy),
         "self2self": lambda ref, noisy, **kw: ours("self2self", budget, noisy, kw["seed"]),
+        "self2self-no-partner": lambda ref, noisy, **kw: ours("self2self", budget, noisy, kw["seed"], partner="none"),
         "fourier-n2n": lambda ref, noisy, **kw: ours("fourier-n2n", max(10.0, budget - 30.0), noisy, kw["seed"]),
         "pretrained": lambda ref, noisy, **kw: pretrained(noisy, kw["seed"]),
         "pretrained+30s": lambda ref, noisy, **kw: pretrained(noisy, kw["seed"], fine_tune=30.0),
