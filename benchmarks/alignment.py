@@ -12,10 +12,11 @@ rotation and its shift); the **untrained** network (its own angle); **UDL** trai
 ``--train-seconds`` (pairs of particles, no reference), its own angle (``--refine none``) and refined near it
 (``--refine local``), both against the known reference; **JUDL** trained reference-free (the bootstrap
 average as its reference) for the same time, scored after removing the global rotation; the **shipped**
-models (``--model pretrained``, no training on the stack). A network's own angle is scored modulo 180°
-(amplitudes cannot tell the flip) and the symmetry: chance is a quarter of that period. Particles per second
-count inference only (network + refinement), not training. Beside: the Cramér-Rao bound for a known
-reference in white noise.
+models (``--model pretrained``, no training on the stack), and with ``--fine-tune S`` the shipped models trained
+S seconds further on the stack first (``--model pretrained --time-budget S``, what the CLI advises for CTF
+data). A network's own angle is scored modulo 180° (amplitudes cannot tell the flip) and the symmetry: chance
+is a quarter of that period. Particles per second count inference only (network + refinement), not training.
+Beside: the Cramér-Rao bound for a known reference in white noise.
 
 Runs are recorded as they end in ``benchmarks/results/alignment_runs.jsonl`` and reused: ``--cases`` picks
 part of the grid, so the grid can be filled over several invocations. The tables report mean ± sd over the
@@ -116,7 +117,7 @@ def record(row: dict) -> None:
 
 def run_case(name: str, box: int, snr: float, ctf_mode: str, seed: int, n: int, train_seconds: float,
              done: dict, shipped_only: bool = False, again: bool = False, judl_only: bool = False,
-             classical_only: bool = False) -> None:
+             classical_only: bool = False, fine_tune: float = 0.0) -> None:
     key = (name, box, snr, ctf_mode, seed)
     if not shipped_only and not again and all(key + (m, train_seconds) in done for m in METHODS):
         return
@@ -151,6 +152,16 @@ def run_case(name: str, box: int, snr: float, ctf_mode: str, seed: int, n: int, 
             else:
                 put(f"{label} + local", *full_errors(res, sim, sym, free=free), seconds, **extra)
 
+    if fine_tune > 0:  # only the shipped models fine-tuned on the stack (cryoden align --model pretrained
+        for method in ("udl", "judl"):  # --time-budget S), against the known reference as their own rows
+            t = time.perf_counter()
+            tuned = run(iter_train(sim.images, ref, DeepAlignParams(epochs=1, steps_per_epoch=10**7, seed=seed,
+                                                                    time_budget=fine_tune),
+                                   joint=method == "judl", model=load_pretrained(f"align/{method}"), ctf=ctf,
+                                   classical=params))
+            info = {"train steps": len(tuned.extra["history"]), "training s": time.perf_counter() - t}
+            deep(f"shipped {method.upper()} + {fine_tune:g} s on the stack", tuned, ref, free=False, train_info=info)
+        return
     if shipped_only:  # the shipped models were retrained: their rows again, the latest record per key wins
         for method in ("udl", "judl"):
             deep(f"shipped {method.upper()}", load_pretrained(f"align/{method}"), ref, free=False)
@@ -207,7 +218,8 @@ def tables(done: dict, train_seconds: float) -> tuple[str, list]:
             continue
         seeds = sorted({r["seed"] for r in runs})
         rows = []
-        for method in METHODS:
+        extra = sorted({r["method"] for r in runs} - set(METHODS))  # e.g. shipped models fine-tuned (--fine-tune)
+        for method in METHODS + extra:
             rs = [r for r in runs if r["method"] == method]
             if not rs:
                 continue
@@ -246,6 +258,9 @@ def main() -> None:
     ap.add_argument("--judl-only", action="store_true", help="only the JUDL rows (after a change to its training)")
     ap.add_argument("--classical-only", action="store_true",
                     help="only the classical rows (so that their speed is measured on the CPU of a rerun)")
+    ap.add_argument("--fine-tune", type=float, default=0.0, metavar="S",
+                    help="only the shipped models fine-tuned for S seconds on each stack (as --model pretrained "
+                         "--time-budget S), own angle and + local, against the known reference")
     ap.add_argument("--runs", type=Path, default=RUNS)
     args = ap.parse_args()
     RUNS = args.runs
@@ -256,8 +271,9 @@ def main() -> None:
         for case in grid:
             for seed in args.seeds:
                 run_case(*case, seed, args.n, args.train_seconds, done_runs(), shipped_only=args.shipped_only,
-                         again=args.again or args.judl_only or args.classical_only, judl_only=args.judl_only,
-                         classical_only=args.classical_only)
+                         again=args.again or args.judl_only or args.classical_only or args.fine_tune > 0,
+                         judl_only=args.judl_only,
+                         classical_only=args.classical_only, fine_tune=args.fine_tune)
     text, rows = tables(done_runs(), args.train_seconds)
     info = machine()
     where = ("Tables rebuilt from the recorded runs (`--report-only`, no case run) on "
