@@ -14,7 +14,7 @@ rotation and its shift); the **untrained** network (its own angle); **UDL** trai
 average as its reference) for the same time, scored after removing the global rotation; the **shipped**
 models (``--model pretrained``, no training on the stack), and with ``--fine-tune S`` the shipped models trained
 S seconds further on the stack first (``--model pretrained --time-budget S``, what the CLI advises for CTF
-data). A network's own angle is scored modulo 180° (amplitudes cannot tell the flip) and the symmetry: chance
+data; ``--from-scratch``: the same S seconds from random weights, the ablation). A network's own angle is scored modulo 180° (amplitudes cannot tell the flip) and the symmetry: chance
 is a quarter of that period. Particles per second count inference only (network + refinement), not training.
 Beside: the Cramér-Rao bound for a known reference in white noise.
 
@@ -117,7 +117,7 @@ def record(row: dict) -> None:
 
 def run_case(name: str, box: int, snr: float, ctf_mode: str, seed: int, n: int, train_seconds: float,
              done: dict, shipped_only: bool = False, again: bool = False, judl_only: bool = False,
-             classical_only: bool = False, fine_tune: float = 0.0) -> None:
+             classical_only: bool = False, fine_tune: float = 0.0, from_scratch: bool = False) -> None:
     key = (name, box, snr, ctf_mode, seed)
     if not shipped_only and not again and all(key + (m, train_seconds) in done for m in METHODS):
         return
@@ -155,12 +155,14 @@ def run_case(name: str, box: int, snr: float, ctf_mode: str, seed: int, n: int, 
     if fine_tune > 0:  # only the shipped models fine-tuned on the stack (cryoden align --model pretrained
         for method in ("udl", "judl"):  # --time-budget S), against the known reference as their own rows
             t = time.perf_counter()
+            start = None if from_scratch else load_pretrained(f"align/{method}")
             tuned = run(iter_train(sim.images, ref, DeepAlignParams(epochs=1, steps_per_epoch=10**7, seed=seed,
                                                                     time_budget=fine_tune),
-                                   joint=method == "judl", model=load_pretrained(f"align/{method}"), ctf=ctf,
-                                   classical=params))
+                                   joint=method == "judl", model=start, ctf=ctf, classical=params))
             info = {"train steps": len(tuned.extra["history"]), "training s": time.perf_counter() - t}
-            deep(f"shipped {method.upper()} + {fine_tune:g} s on the stack", tuned, ref, free=False, train_info=info)
+            label = (f"{method.upper()} from scratch, {fine_tune:g} s, reference given" if from_scratch
+                     else f"shipped {method.upper()} + {fine_tune:g} s on the stack")
+            deep(label, tuned, ref, free=False, train_info=info)
         return
     if shipped_only:  # the shipped models were retrained: their rows again, the latest record per key wins
         for method in ("udl", "judl"):
@@ -218,7 +220,9 @@ def tables(done: dict, train_seconds: float) -> tuple[str, list]:
             continue
         seeds = sorted({r["seed"] for r in runs})
         rows = []
-        extra = sorted({r["method"] for r in runs} - set(METHODS))  # e.g. shipped models fine-tuned (--fine-tune)
+        # e.g. the shipped models fine-tuned (--fine-tune), each network's own angle before its + local row
+        extra = sorted({r["method"] for r in runs} - set(METHODS),
+                       key=lambda m: (m.replace(", own angle", "").replace(" + local", ""), m.endswith(" + local")))
         for method in METHODS + extra:
             rs = [r for r in runs if r["method"] == method]
             if not rs:
@@ -261,6 +265,9 @@ def main() -> None:
     ap.add_argument("--fine-tune", type=float, default=0.0, metavar="S",
                     help="only the shipped models fine-tuned for S seconds on each stack (as --model pretrained "
                          "--time-budget S), own angle and + local, against the known reference")
+    ap.add_argument("--from-scratch", action="store_true",
+                    help="with --fine-tune S: train the networks S seconds from random weights instead, with the "
+                         "known reference as the fine-tuned rows (the ablation of the shipped start)")
     ap.add_argument("--runs", type=Path, default=RUNS)
     args = ap.parse_args()
     RUNS = args.runs
@@ -273,7 +280,8 @@ def main() -> None:
                 run_case(*case, seed, args.n, args.train_seconds, done_runs(), shipped_only=args.shipped_only,
                          again=args.again or args.judl_only or args.classical_only or args.fine_tune > 0,
                          judl_only=args.judl_only,
-                         classical_only=args.classical_only, fine_tune=args.fine_tune)
+                         classical_only=args.classical_only, fine_tune=args.fine_tune,
+                         from_scratch=args.from_scratch)
     text, rows = tables(done_runs(), args.train_seconds)
     info = machine()
     where = ("Tables rebuilt from the recorded runs (`--report-only`, no case run) on "
