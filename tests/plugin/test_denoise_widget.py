@@ -74,6 +74,23 @@ def test_train_and_predict_adds_a_denoised_layer(noisy_layers, qtbot):
     assert psnr > blur + 1.0, (psnr, blur)
 
 
+def test_previews_keep_the_input_chosen_and_update_one_layer(noisy_layers, qtbot):
+    """napari makes each added layer the active one: the input combo must not follow a training preview (it did:
+    the form then showed the preview's settings and each preview was named after the last, "noisy preview
+    preview preview ...")."""
+    viewer, layer, _ = noisy_layers
+    widget = _widget(viewer)
+    widget.image.value = layer
+    _small(widget, epochs=6, mask_block="1,1,1")  # 10 steps an epoch: previews at steps 25 and 50
+    previews = []
+    widget.runner.on_event = lambda ev: (previews.append(ev.preview is not None), widget._on_event(ev))
+    widget.run("train")
+    qtbot.waitUntil(lambda: widget.runner.worker is None, timeout=300_000)
+    assert sum(previews) >= 2
+    assert widget.image.value is layer
+    assert [x.name for x in viewer.layers if x.metadata.get("preview")] == ["noisy preview"]
+
+
 def test_cancel_stops_and_adds_nothing(noisy_layers, qtbot):
     viewer, layer, _ = noisy_layers
     widget = _widget(viewer)

@@ -256,11 +256,14 @@ def particle_stack_choices(viewer):
 
 def follow_active_layer(viewer, combo, accept=None) -> None:
     """Make ``combo`` (a layer ComboBox) follow the layer the user selects in the viewer, when it is offered and
-    is not simulated ground truth."""
+    is not simulated ground truth or a training preview (napari makes a newly added layer the active one: a
+    preview added during a training would otherwise become the input shown, and the next preview its preview)."""
 
     def changed(event=None):
         layer = viewer.layers.selection.active
         if layer is None or input_rank(layer) >= ROLE_RANK["ground truth"] or (accept and not accept(layer)):
+            return
+        if (layer.metadata or {}).get("preview"):
             return
         try:
             if layer in combo.choices:

@@ -9,7 +9,7 @@ from qtpy.QtWidgets import QHBoxLayout, QLabel, QProgressBar, QPushButton, QWidg
 from ...progress import ProgressEvent, format_seconds
 
 #: The words the row shows for the core's stage names ("training 40/1000" rather than "train 40/1000").
-STAGE_WORDS = {"train": "training", "distill": "distilling", "partner": "training the partner (R2R)",
+STAGE_WORDS = {"train": "training", "distill": "distilling", "partner": "partner (R2R)",
                "predict": "predicting", "denoise": "denoising", "align": "aligning",
                "prealign": "pre-aligning", "refine": "refining classes", "mra": "classifying (MRA)",
                "simulate": "simulating", "averages": "class averages", "cluster": "clustering"}

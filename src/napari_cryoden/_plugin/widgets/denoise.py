@@ -91,6 +91,7 @@ class DenoiseWidget(ScrollingDock):
         self.body.layout().addWidget(self.loss_plot)
         self.loss_plot.setVisible(False)  # shown by the first training loss: a one-pass method has none
         self.runner = JobRunner(on_event=self._on_event)
+        self._job_layer = None  # the input layer of the job running or last run (its previews follow it)
         self.progress.follow(self.runner)
         self.method.changed.connect(self._method_changed)
         self.preset.changed.connect(self._preset_changed)
@@ -174,7 +175,7 @@ class DenoiseWidget(ScrollingDock):
 
     # ---------------------------------------------------------------------------------------- run
     def run(self, mode: str):
-        layer = self.image.value
+        layer = self._job_layer = self.image.value  # the previews are named and placed after it
         try:
             if layer is None:
                 raise CryodenInputError(None, "choose an image layer first")
@@ -233,7 +234,7 @@ class DenoiseWidget(ScrollingDock):
             self._show_preview(ev)
 
     def _show_preview(self, ev):
-        layer = self.image.value
+        layer = self._job_layer  # the running job's input, whatever the combo shows now
         if layer is None:
             return
         name = f"{layer.name} preview"
