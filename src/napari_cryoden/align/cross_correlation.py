@@ -31,7 +31,7 @@ import numpy as np
 import torch
 
 from ..params import param, validate
-from ..progress import ProgressEvent, StageClock
+from ..progress import ProgressEvent, StageClock, as_stage
 from .result import AlignmentResult
 from .sources import ArraySource
 from .transforms import align_images, fourier_shift, transform_images
@@ -798,13 +798,7 @@ def iter_structure_check(source, scores: np.ndarray, params: ClassicalParams, *,
                           seed_images=min(params.seed_images, len(pick)))
     gen = iter_align_reference_free(phase_randomise(subset, rng), null_params, device=device, ctf=null_ctf,
                                     keep_aligned=False)
-    while True:
-        try:
-            ev = next(gen)
-        except StopIteration as stop:
-            null = stop.value
-            break
-        yield replace(ev, stage="checking structure")
+    null = yield from as_stage(gen, "checking structure")
     own, base = float(np.mean(np.asarray(scores)[pick])), float(np.mean(null.scores))
     ratio = own / base if base > 0 else float("inf")
     result = {"score": own, "null_score": base, "ratio": ratio, "particles": int(len(pick)),

@@ -231,7 +231,7 @@ class Self2Self(SelfSupervisedMethod):
         a quarter of the epochs); prediction is then the mean of the student's and the partner's single passes.
         The two err partly independently: the student was distilled from blind-spot predictions, which see
         each voxel only through context beyond the noise correlation; the partner sees the voxel itself."""
-        if model.params.partner != "r2r" or model.student is None or not model.noise_correlation:
+        if model.params.partner != "r2r":  # prepare_params left "r2r" only with a measured noise and a student
             return model
         from .recorrupted import Recorrupted, continuation_params
 
